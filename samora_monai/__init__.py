@@ -1,0 +1,7 @@
+"""samora_monai: SAMora (ICCV 2025) as a MONAI extension.
+
+Stage 1 trains hierarchical LoRA experts (image, patch, pixel) on a frozen SAM encoder with
+self-supervised objectives; stage 2 fuses them with HL-Attn and trains a prompt-free mask decoder.
+"""
+
+__version__ = "0.1.0"

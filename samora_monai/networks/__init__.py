@@ -1,0 +1,30 @@
+"""Networks: SAM backbone building and checkpoint loading, hierarchical LoRA, HL-Attn, decoders, SamoraNet."""
+
+from samora_monai.networks.decoders import PromptFreeMaskDecoder
+from samora_monai.networks.expert_io import load_expert, read_expert_file, save_expert
+from samora_monai.networks.hl_attn import HLAttn, SumFusion, build_fusion
+from samora_monai.networks.lora import DEFAULT_LEVELS, HierarchicalLoRA, LoRAExpert
+from samora_monai.networks.sam_backbone import SAM_VARIANTS, load_sam_state_dict, read_checkpoint
+from samora_monai.networks.samora_block import SamoraBlock
+from samora_monai.networks.samora_net import SamoraNet
+from samora_monai.networks.stages import configure_stage, count_parameters
+
+__all__ = [
+    "DEFAULT_LEVELS",
+    "HLAttn",
+    "HierarchicalLoRA",
+    "LoRAExpert",
+    "PromptFreeMaskDecoder",
+    "SAM_VARIANTS",
+    "SamoraBlock",
+    "SamoraNet",
+    "SumFusion",
+    "build_fusion",
+    "configure_stage",
+    "count_parameters",
+    "load_expert",
+    "load_sam_state_dict",
+    "read_checkpoint",
+    "read_expert_file",
+    "save_expert",
+]

@@ -1,0 +1,92 @@
+"""Self-describing stage-1 expert files: one level's LoRA weights plus what they were trained for."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from samora_monai.networks.samora_net import SamoraNet
+
+__all__ = ["EXPERT_FORMAT", "expert_state_dict", "save_expert", "load_expert", "read_expert_file"]
+
+EXPERT_FORMAT = "samora_expert_v1"
+
+
+def _expert_key(key: str, level: str) -> bool:
+    return f".lora.experts.{level}." in key
+
+
+def expert_state_dict(net: SamoraNet, level: str) -> dict[str, torch.Tensor]:
+    """The tensors of expert ``level`` in every block (A, B and scale), keyed as in ``net.state_dict()``."""
+    if level not in net.levels:
+        raise ValueError(f"Unknown level {level!r}; the network has {list(net.levels)}.")
+    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items() if _expert_key(k, level)}
+
+
+def save_expert(net: SamoraNet, level: str, path: str, summary: Mapping[str, Any] | None = None) -> str:
+    """Write expert ``level`` with its level, rank, backbone variant, image size and a training summary."""
+    record = {
+        "format": EXPERT_FORMAT,
+        "level": level,
+        "rank": net.lora_rank,
+        "variant": net.variant,
+        "img_size": net.img_size,
+        "lora_blocks": list(net.lora_blocks),
+        "summary": dict(summary or {}),
+        "state_dict": expert_state_dict(net, level),
+    }
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(record, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def read_expert_file(path: str) -> dict[str, Any]:
+    """Read and validate the container of an expert file (not yet checked against a network)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Expert file not found: {path}")
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f"Expert file {path} is corrupt or not a PyTorch file: {e}") from e
+    if not isinstance(record, dict) or record.get("format") != EXPERT_FORMAT:
+        raise ValueError(f"{path} is not a SAMora expert file (format {EXPERT_FORMAT!r} expected).")
+    return record
+
+
+def load_expert(net: SamoraNet, path: str, level: str | None = None) -> dict[str, Any]:
+    """Load an expert file into ``net``; refuses a file for another level, rank, backbone, size or block set."""
+    record = read_expert_file(path)
+    level = level or record["level"]
+    expected = {
+        "level": level,
+        "rank": net.lora_rank,
+        "variant": net.variant,
+        "img_size": net.img_size,
+        "lora_blocks": list(net.lora_blocks),
+    }
+    mismatches = [
+        f"{k}: file has {record.get(k)!r}, network needs {v!r}" for k, v in expected.items() if record.get(k) != v
+    ]
+    if mismatches:
+        raise ValueError(f"Expert file {path} does not fit this network: " + "; ".join(mismatches))
+    wanted = expert_state_dict(net, level)
+    state = record["state_dict"]
+    if set(state) != set(wanted):
+        raise ValueError(
+            f"Expert file {path} has keys {sorted(set(state) - set(wanted))} not in the network and lacks "
+            f"{sorted(set(wanted) - set(state))}."
+        )
+    net.load_state_dict(state, strict=False)
+    return record

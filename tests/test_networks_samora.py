@@ -1,0 +1,219 @@
+"""Hierarchical LoRA, HL-Attn, stage freezing and the optimised stage-2 block."""
+
+import copy
+import pickle
+
+import pytest
+import torch
+from segment_anything.modeling.image_encoder import add_decomposed_rel_pos, window_partition, window_unpartition
+
+from samora_monai.networks import (
+    SamoraNet,
+    build_fusion,
+    configure_stage,
+    count_parameters,
+    load_expert,
+    save_expert,
+)
+
+
+def make_net(img_size=128, **kwargs):
+    torch.manual_seed(0)
+    kwargs.setdefault("num_classes", 3)
+    return SamoraNet(variant="tiny", img_size=img_size, random_init=True, **kwargs)
+
+
+def randomise_experts(net, std=0.2):
+    """Give every expert non-zero B matrices (as after stage 1)."""
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for block in net.samora_blocks:
+            for expert in block.lora.experts.values():
+                for b in (expert.b_q, expert.b_v):
+                    b.weight.copy_(torch.randn(b.weight.shape, generator=g) * std)
+
+
+def reference_attention(block, h, dq=None, dv=None):
+    """Plain, unoptimised SAM attention (explicit softmax) on window-partitioned h; returns pre-projection output."""
+    attn = block.attn
+    n, hh, ww, dim = h.shape
+    qkv = attn.qkv(h).reshape(n, hh * ww, 3, dim)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    if dq is not None:
+        q, v = q + dq, v + dv
+    heads = attn.num_heads
+    q, k, v = (t.reshape(n, hh * ww, heads, -1).permute(0, 2, 1, 3).reshape(n * heads, hh * ww, -1) for t in (q, k, v))
+    scores = (q * attn.scale) @ k.transpose(-2, -1)
+    scores = add_decomposed_rel_pos(scores, q, attn.rel_pos_h, attn.rel_pos_w, (hh, ww), (hh, ww))
+    out = scores.softmax(-1) @ v
+    return out.reshape(n, heads, hh, ww, -1).permute(0, 2, 3, 1, 4).reshape(n, hh, ww, dim)
+
+
+def reference_block(block, x):
+    """Stage-2 block computed plainly: each expert's attention run separately, then fused, then projected."""
+    height, width = x.shape[1:3]
+    h = block.norm1(x)
+    pad_hw = (height, width)
+    if block.window_size > 0:
+        h, pad_hw = window_partition(h, block.window_size)
+
+    def unpart(t):
+        return window_unpartition(t, block.window_size, pad_hw, (height, width)) if block.window_size > 0 else t
+
+    base = unpart(reference_attention(block, h))
+    residuals = []
+    for level in block.lora.levels:
+        dq, dv = block.lora.experts[level](h.reshape(h.shape[0], -1, h.shape[-1]))
+        residuals.append(unpart(reference_attention(block, h, dq, dv)) - base)
+    fused = base + block.fusion(torch.stack(residuals))
+    x = x + block.attn.proj(fused)
+    return x + block.mlp(block.norm2(x))
+
+
+def reference_forward(net, x):
+    enc = net.image_encoder
+    tokens = enc.patch_embed(x.expand(-1, 3, -1, -1)) + enc.pos_embed
+    for block in net.samora_blocks:
+        tokens = reference_block(block, tokens)
+    return net.decode(enc.neck(tokens.permute(0, 3, 1, 2)))
+
+
+def test_zero_initialised_experts_are_identity():
+    net = make_net().eval()
+    x = torch.rand(2, 1, 128, 128)
+    with torch.no_grad():
+        net.set_mode("plain")
+        plain = net(x)
+        for level in net.levels:
+            net.set_mode("expert", level)
+            torch.testing.assert_close(net(x), plain)
+        net.set_mode("fused")
+        torch.testing.assert_close(net(x), plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fusion", ["hl_attn", "hl_attn_spatial"])
+def test_stage2_starting_point(fusion):
+    x = torch.rand(2, 1, 128, 128)
+    summed = make_net(fusion=fusion, fusion_init="sum").eval()
+    reference = make_net(fusion="sum").eval()
+    base = make_net(fusion=fusion, fusion_init="base").eval()
+    randomise_experts(summed)
+    shared = {k: v for k, v in summed.state_dict().items() if ".fusion." not in k}
+    for net in (reference, base):
+        net.load_state_dict(shared, strict=False)
+    with torch.no_grad():
+        expected_sum = reference(x)
+        torch.testing.assert_close(summed(x), expected_sum, rtol=1e-5, atol=1e-5)
+        base_out = base(x)
+        base.set_mode("plain")
+        torch.testing.assert_close(base_out, base(x), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(expected_sum, base(x), atol=1e-3)  # the experts do change the output
+
+
+@pytest.mark.parametrize("img_size", [64, 128, 80])  # one window, several windows, padded windows
+def test_optimised_stage2_matches_plain_implementation(img_size):
+    net = make_net(img_size=img_size, fusion_width=16, fusion_heads=2)
+    randomise_experts(net)
+    configure_stage(net, "stage2")
+    with torch.no_grad():  # move HL-Attn away from its identity start so every path is exercised
+        for block in net.samora_blocks:
+            for p in block.fusion.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+    x = torch.rand(2, 1, img_size, img_size)
+
+    out = net.decode(net.encode(x)[1])
+    grads = torch.autograd.grad(out.square().mean(), [p for p in net.parameters() if p.requires_grad])
+    ref = reference_forward(net, x)
+    ref_grads = torch.autograd.grad(ref.square().mean(), [p for p in net.parameters() if p.requires_grad])
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-3, atol=1e-6)
+
+
+def test_stage2_gradients_reach_exactly_fusion_and_decoder():
+    net = make_net()
+    randomise_experts(net)
+    counts = configure_stage(net, "stage2")
+    net(torch.rand(2, 1, 128, 128)).mean().backward()
+    expected = {n for n, _ in net.named_parameters() if ".fusion." in n or n.startswith("mask_decoder.")}
+    got = {n for n, p in net.named_parameters() if p.grad is not None}
+    assert got == expected
+    assert counts["trainable"] == sum(p.numel() for n, p in net.named_parameters() if n in expected)
+    # HL-Attn of the first block learns through every later (frozen) block.
+    first = net.samora_blocks[0].fusion.cross[0].out.weight.grad
+    assert first.abs().sum() > 0
+    # No frozen parameter keeps requires_grad.
+    assert all(not p.requires_grad for n, p in net.named_parameters() if n not in expected)
+
+
+def test_stage1_gradients_reach_only_active_expert_and_head():
+    net = make_net()
+    head = torch.nn.Linear(net.embed_dim, 4)
+    counts = configure_stage(net, "stage1", level="patch", heads=[head])
+    tokens, embedding = net.encode(torch.rand(2, 1, 128, 128))
+    head(embedding.mean((2, 3))).square().sum().backward()
+    got = {n for n, p in net.named_parameters() if p.grad is not None}
+    assert got == {n for n, _ in net.named_parameters() if ".lora.experts.patch." in n}
+    assert head.weight.grad is not None
+    assert counts["trainable"] == sum(p.numel() for n, p in net.named_parameters() if n in got) + 4 * net.embed_dim + 4
+    # A (random init) gets no gradient while B is zero; B gets one.
+    assert net.samora_blocks[0].lora.experts["patch"].b_q.weight.grad.abs().sum() > 0
+
+
+def test_samed_stage_and_counts():
+    net = make_net()
+    counts = configure_stage(net, "samed", level="image")
+    assert net.mode == "expert" and net.active_level == "image"
+    decoder = sum(p.numel() for p in net.mask_decoder.parameters())
+    expert = sum(p.numel() for n, p in net.named_parameters() if ".lora.experts.image." in n)
+    assert counts == {"trainable": decoder + expert, "total": count_parameters(net)["total"]}
+    with pytest.raises(ValueError, match="level"):
+        configure_stage(net, "stage1", level="voxel")
+
+
+def test_deepcopy_and_pickle_keep_outputs():
+    net = make_net().eval()
+    randomise_experts(net)
+    x = torch.rand(1, 1, 128, 128)
+    with torch.no_grad():
+        expected = net(x)
+        for clone in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+            assert clone.mode == "fused"
+            torch.testing.assert_close(clone(x), expected)
+
+
+def test_parameter_counts_of_fusion_kinds():
+    levels = ("image", "patch", "pixel")
+    dim = 768  # ViT-B width, 12 blocks, 12 heads
+    full = count_parameters(build_fusion("hl_attn_spatial", dim, levels, block_heads=12))["total"]
+    light = count_parameters(build_fusion("hl_attn", dim, levels, block_heads=12))["total"]
+    # spatial: per unit 3 LNs + MHA (4 C^2 + 4 C) + output Linear (C^2 + C); 2 units, 2 gates and gamma per block
+    per_unit = 3 * 2 * dim + 4 * dim * dim + 4 * dim + dim * dim + dim
+    assert full == 2 * per_unit + 3
+    assert 70e6 < 12 * full < 72e6  # the reference design's ~71M trainable parameters on ViT-B
+    # light: per unit 2 LNs + q (C*w + w) + kv (2 C*w + 2 w) + out (w*C + C) at width w = 64
+    w = 64
+    assert light == 2 * (2 * 2 * dim + dim * w + w + 2 * (dim * w + w) + w * dim + dim) + 3
+    assert 12 * light < 5e6
+
+
+def test_expert_file_round_trip_and_mismatch(tmp_path):
+    net = make_net()
+    randomise_experts(net)
+    path = save_expert(net, "pixel", str(tmp_path / "pixel.pt"), {"final_loss": 0.1})
+    other = make_net()
+    record = load_expert(other, path)
+    assert record["level"] == "pixel" and record["summary"] == {"final_loss": 0.1}
+    for a, b in zip(net.samora_blocks, other.samora_blocks, strict=True):
+        torch.testing.assert_close(a.lora.experts["pixel"].b_v.weight, b.lora.experts["pixel"].b_v.weight)
+        assert torch.all(b.lora.experts["image"].b_v.weight == 0)
+    with pytest.raises(ValueError, match="rank"):
+        load_expert(make_net(lora_rank=2), path)
+    with pytest.raises(ValueError, match="img_size"):
+        load_expert(make_net(img_size=64), path)
+    with pytest.raises(ValueError, match="level"):
+        load_expert(other, path, level="image")
+    loaded = SamoraNet(3, variant="tiny", img_size=128, random_init=True, expert_checkpoints={"pixel": path})
+    torch.testing.assert_close(
+        loaded.samora_blocks[1].lora.experts["pixel"].b_q.weight, net.samora_blocks[1].lora.experts["pixel"].b_q.weight
+    )
