@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 import fire
 
 COMMANDS: dict[str, str] = {
-    # command name -> "module:function"; resolved lazily so `--help` stays fast.
+    # command name -> "module:function"; only the module of the command that runs is imported.
     "prepare_unlabeled": "samora_monai.data.unlabeled:prepare_unlabeled",
+    "make_demo_data": "samora_monai.data.phantom:make_demo_data",
 }
 
 
@@ -16,5 +19,10 @@ def _resolve(spec: str):
     return getattr(module, func_name)
 
 
-def main() -> None:
-    fire.Fire({name: _resolve(spec) for name, spec in COMMANDS.items()})
+def main(argv: list[str] | None = None) -> None:
+    """Import only the module of the command that runs; with no known command, list them all."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        fire.Fire(_resolve(COMMANDS[argv[0]]), command=argv[1:], name=f"samora_monai {argv[0]}")
+    else:
+        fire.Fire({name: _resolve(spec) for name, spec in COMMANDS.items()}, command=argv, name="samora_monai")

@@ -1,0 +1,62 @@
+"""Data layer: readers for BTCV/MSD NIfTI, TransUNet npz/h5 and LA h5; shared transforms; slice datasets;
+datalists and the published splits; stage-1 unlabeled slice preparation."""
+
+from samora_monai.data.datalists import (
+    SPLIT_FILES,
+    TEST_SPLITS,
+    btcv_datalist,
+    group_slices,
+    la_datalist,
+    load_split,
+    msd_heart_datalist,
+    named_datalist,
+    transunet_synapse_datalist,
+    write_datalist,
+)
+from samora_monai.data.readers import H5VolumeReader, LoadVolumed, NpzSliceReader, volume_readers
+from samora_monai.data.slices import VolumeSliceDataset, resize_slices, select_slices
+from samora_monai.data.transforms import (
+    BTCV_TO_SYNAPSE,
+    CT_WINDOW,
+    MR_PERCENTILES,
+    SYNAPSE_CLASSES,
+    MapLabelsd,
+    ValidateVolumed,
+    intensity_transform,
+    slice_augmentations,
+    volume_transforms,
+)
+from samora_monai.data.unlabeled import UnlabeledSliceDataset, case_ids, check_leakage, prepare_unlabeled
+
+__all__ = [
+    "BTCV_TO_SYNAPSE",
+    "CT_WINDOW",
+    "MR_PERCENTILES",
+    "SPLIT_FILES",
+    "SYNAPSE_CLASSES",
+    "TEST_SPLITS",
+    "H5VolumeReader",
+    "LoadVolumed",
+    "MapLabelsd",
+    "NpzSliceReader",
+    "UnlabeledSliceDataset",
+    "ValidateVolumed",
+    "VolumeSliceDataset",
+    "btcv_datalist",
+    "case_ids",
+    "check_leakage",
+    "group_slices",
+    "intensity_transform",
+    "la_datalist",
+    "load_split",
+    "msd_heart_datalist",
+    "named_datalist",
+    "prepare_unlabeled",
+    "resize_slices",
+    "select_slices",
+    "slice_augmentations",
+    "transunet_synapse_datalist",
+    "volume_readers",
+    "volume_transforms",
+    "write_datalist",
+]

@@ -1,0 +1,127 @@
+"""Volume inference with a 2D network: every slice resized to the network's input size and back.
+
+Why not MONAI's ``SliceInferer`` as is: it tiles each slice into ``roi_size`` windows (sliding window with
+padding and blending), so a 512x512 CT slice run with ``roi_size=(224, 224)`` is cut into overlapping crops.
+SAM-based networks (SAMed, H-SAM, SAMora) are trained and evaluated on *whole* slices zoomed to the network
+size (samora_method.md section 8), so the whole-slice context must be kept. ``ResizedSliceInferer`` therefore
+extends ``SliceInferer`` with a full-slice window (``roi_size=(-1, -1)``: one window per slice, no padding,
+no blending) and wraps the network so that each batch of slices is resized to ``spatial_size``, run (under
+autocast on CUDA), and its logits resized back to the slice size. Batching over slices, ``sw_device`` /
+``device`` placement, the MetaTensor metadata of the input and the ``progress`` bar come from MONAI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.data import MetaTensor
+from monai.inferers import SliceInferer
+from monai.utils import ensure_tuple_rep
+
+__all__ = ["ResizedSliceInferer"]
+
+
+def _source(inputs: torch.Tensor) -> str:
+    if isinstance(inputs, MetaTensor):
+        src = inputs.meta.get("filename_or_obj")
+        if isinstance(src, (list, tuple)):
+            src = src[0] if src else None
+        if src:
+            return f" ({src})"
+    return ""
+
+
+class ResizedSliceInferer(SliceInferer):
+    """Run a 2D network over the slices of ``[B, C, X, Y, Z]`` volumes; returns ``[B, K+1, X, Y, Z]`` logits.
+
+    Usable wherever MONAI expects an ``Inferer`` (``SupervisedEvaluator``, bundle ``inferer``, MONAI Label's
+    ``BundleInferTask``): ``inferer(inputs, network)``.
+
+    Args:
+        spatial_size: the network's input size ``(h, w)`` (an int for square); ``None`` runs slices at their size.
+        spatial_dim: spatial axis to slice along, ``0``, ``1``, ``2`` or ``-1`` (the last, axial after ``RAS``).
+        sw_batch_size: number of slices per network call.
+        input_mode: interpolation for the image slices (``"bilinear"``, ``"bicubic"``, ``"area"``, ``"nearest"``).
+        output_mode: interpolation for the logits back to slice size (``"bilinear"`` or ``"nearest"``).
+        amp: autocast (float16) when the slices are on a CUDA device; always plain float32 on CPU.
+        sw_device: device the network runs on (default: the input's).
+        device: device of the returned volume (default: the input's).
+        progress: show a tqdm bar over slice batches.
+    """
+
+    def __init__(
+        self,
+        spatial_size: Sequence[int] | int | None = 224,
+        spatial_dim: int = -1,
+        sw_batch_size: int = 16,
+        input_mode: str = "bilinear",
+        output_mode: str = "bilinear",
+        amp: bool = True,
+        sw_device: torch.device | str | None = None,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+    ) -> None:
+        if spatial_dim not in (-1, 0, 1, 2):
+            raise ValueError(f"spatial_dim must be 0, 1, 2 or -1, got {spatial_dim}")
+        if sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
+        super().__init__(
+            spatial_dim=spatial_dim % 3,
+            roi_size=(-1, -1),
+            sw_batch_size=sw_batch_size,
+            overlap=0.0,
+            sw_device=sw_device,
+            device=device,
+            progress=progress,
+        )
+        self.spatial_size = None if spatial_size is None else tuple(ensure_tuple_rep(spatial_size, 2))
+        self.input_mode = input_mode
+        self.output_mode = output_mode
+        self.amp = amp
+
+    def __call__(
+        self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """``inputs``: ``[B, C, X, Y, Z]`` float volume; ``network``: ``[N, C, h, w] -> [N, K+1, h, w]`` logits."""
+        if inputs.ndim != 5:
+            raise ValueError(
+                f"expected a 3D volume batch [B, C, X, Y, Z]{_source(inputs)}, got shape {tuple(inputs.shape)}"
+            )
+        if not inputs.is_floating_point():
+            raise ValueError(f"expected a float volume{_source(inputs)}, got dtype {inputs.dtype}")
+        return super().__call__(inputs, network, *args, **kwargs)
+
+    def _resize(self, x: torch.Tensor, size: Sequence[int], mode: str) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == tuple(size):
+            return x
+        align = False if mode in ("bilinear", "bicubic") else None
+        return F.interpolate(x, size=tuple(size), mode=mode, align_corners=align)
+
+    def network_wrapper(
+        self,
+        network: Callable[..., torch.Tensor],
+        x: torch.Tensor,
+        condition: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """``x``: ``[N, C, 1, Y, Z]``-like slab of ``N`` slices -> logits of the same layout at slice size."""
+        dim = self.spatial_dim + 2
+        if isinstance(x, MetaTensor):
+            x = x.as_tensor()  # the network sees a plain tensor
+        x = x.squeeze(dim)
+        slice_size = x.shape[-2:]
+        if self.spatial_size is not None:
+            x = self._resize(x, self.spatial_size, self.input_mode)
+        cond = [] if condition is None else [condition.squeeze(dim)]
+        use_amp = self.amp and x.device.type == "cuda"
+        with torch.autocast(device_type=x.device.type, enabled=use_amp):
+            out = network(x, *cond, *args, **kwargs)
+        if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[0] != x.shape[0]:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise RuntimeError(f"the network must return logits [N, K+1, h, w] for {x.shape[0]} slices, got {shape}")
+        out = self._resize(out.float(), slice_size, self.output_mode)
+        return out.unsqueeze(dim)
