@@ -1,0 +1,26 @@
+"""Stage-1 self-supervised objectives (image, patch, pixel level) and the stage-2 segmentation loss."""
+
+from samora_monai.losses.distance import DISTANCES, feature_distance
+from samora_monai.losses.segmentation import segmentation_loss
+from samora_monai.losses.ssl import (
+    Encode,
+    ImageLevelLoss,
+    PatchLevelLoss,
+    PixelLevelLoss,
+    corrupt,
+    gather_tokens,
+    mask_patches,
+)
+
+__all__ = [
+    "DISTANCES",
+    "Encode",
+    "ImageLevelLoss",
+    "PatchLevelLoss",
+    "PixelLevelLoss",
+    "corrupt",
+    "feature_distance",
+    "gather_tokens",
+    "mask_patches",
+    "segmentation_loss",
+]
