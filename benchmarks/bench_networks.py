@@ -3,7 +3,8 @@
 Every configuration uses the same backbone, input size and batch: a SAMed-style step (one trainable rank-4
 LoRA on q/v plus the mask decoder) is the baseline; stage-2 SamoraNet steps (three frozen experts, trainable
 HL-Attn plus decoder) run with the light default HL-Attn and with the reference-style full-width one.
-Steps are interleaved round-robin so machine load drifts affect every configuration alike.
+Steps are interleaved round-robin so machine load drifts affect every configuration alike; besides the wall
+time, the process CPU time of each step is reported (far less sensitive to other processes on a shared CPU).
 
 Memory: on CUDA the true peak (``torch.cuda.max_memory_allocated``); on CPU, where PyTorch does not track a
 peak, the training footprint = parameters + gradients + AdamW state + every tensor saved for backward
@@ -50,13 +51,13 @@ class SavedTensorMeter:
         return sum(self.storages.values())
 
 
-def step(net, optimizer, loss_fn, x, y, device) -> tuple[float, int]:
-    """One training step; returns (seconds, peak or footprint bytes)."""
+def step(net, optimizer, loss_fn, x, y, device) -> tuple[float, float, int]:
+    """One training step; returns (wall seconds, process CPU seconds, peak or footprint bytes)."""
     meter = SavedTensorMeter()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda t: t):
         loss = loss_fn(net(x), y)
     optimizer.zero_grad(set_to_none=True)
@@ -64,11 +65,11 @@ def step(net, optimizer, loss_fn, x, y, device) -> tuple[float, int]:
     optimizer.step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-        return time.perf_counter() - start, torch.cuda.max_memory_allocated()
-    seconds = time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu_start, torch.cuda.max_memory_allocated()
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     trainable = sum(p.numel() * p.element_size() for p in net.parameters() if p.requires_grad)
     params = sum(p.numel() * p.element_size() for p in net.parameters())
-    return seconds, params + trainable * 3 + meter.nbytes  # grads + 2 AdamW moments
+    return seconds, cpu_seconds, params + trainable * 3 + meter.nbytes  # grads + 2 AdamW moments
 
 
 def main() -> None:
@@ -90,29 +91,31 @@ def main() -> None:
         net, counts = build(name, args.variant, args.img_size, args.num_classes)
         net = net.to(device).train()
         optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
-        runs[name] = {"net": net, "opt": optimizer, "counts": counts, "times": [], "mem": []}
+        runs[name] = {"net": net, "opt": optimizer, "counts": counts, "times": [], "cpu": [], "mem": []}
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=0.8, lambda_ce=0.2)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(args.batch, 1, args.img_size, args.img_size, generator=g).to(device)
     y = torch.randint(0, args.num_classes + 1, (args.batch, 1, args.img_size, args.img_size), generator=g).to(device)
 
     for i in range(args.steps + 1):
-        for name, run in runs.items():
-            seconds, mem = step(run["net"], run["opt"], loss_fn, x, y, device)
+        for run in runs.values():
+            seconds, cpu_seconds, mem = step(run["net"], run["opt"], loss_fn, x, y, device)
             if i > 0:
                 run["times"].append(seconds)
+                run["cpu"].append(cpu_seconds)
                 run["mem"].append(mem)
         print(f"step {i}/{args.steps} done", flush=True)
 
     base = runs[names[0]]
-    base_time, base_mem = statistics.median(base["times"]), max(base["mem"])
-    mem_kind = "peak CUDA memory" if device.type == "cuda" else "training footprint"
-    print(f"\n{'config':<14}{'trainable':>12}{'total':>13}{'median s/step':>15}{'time ratio':>12}"
-          f"{mem_kind + ' MiB':>28}{'memory ratio':>14}")
+    base_time, base_cpu = statistics.median(base["times"]), statistics.median(base["cpu"])
+    base_mem = max(base["mem"])
+    mem_kind = "peak CUDA MiB" if device.type == "cuda" else "footprint MiB"
+    print(f"\n{'config':<14}{'trainable':>12}{'total':>13}{'wall s/step':>13}{'wall ratio':>12}"
+          f"{'cpu s/step':>12}{'cpu ratio':>11}{mem_kind:>15}{'memory ratio':>14}")
     for name, run in runs.items():
-        t, m = statistics.median(run["times"]), max(run["mem"])
-        print(f"{name:<14}{run['counts']['trainable']:>12,}{run['counts']['total']:>13,}{t:>15.3f}"
-              f"{t / base_time:>12.2f}{m / 2**20:>28.1f}{m / base_mem:>14.2f}")
+        t, c, m = statistics.median(run["times"]), statistics.median(run["cpu"]), max(run["mem"])
+        print(f"{name:<14}{run['counts']['trainable']:>12,}{run['counts']['total']:>13,}{t:>13.3f}"
+              f"{t / base_time:>12.2f}{c:>12.3f}{c / base_cpu:>11.2f}{m / 2**20:>15.1f}{m / base_mem:>14.2f}")
 
 
 if __name__ == "__main__":

@@ -187,13 +187,13 @@ def test_parameter_counts_of_fusion_kinds():
     dim = 768  # ViT-B width, 12 blocks, 12 heads
     full = count_parameters(build_fusion("hl_attn_spatial", dim, levels, block_heads=12))["total"]
     light = count_parameters(build_fusion("hl_attn", dim, levels, block_heads=12))["total"]
-    # spatial: per unit 3 LNs + MHA (4 C^2 + 4 C) + output Linear (C^2 + C); 2 units, 2 gates and gamma per block
-    per_unit = 3 * 2 * dim + 4 * dim * dim + 4 * dim + dim * dim + dim
-    assert full == 2 * per_unit + 3
+    # spatial: per unit 3 LNs + MHA (4 C^2 + 4 C) + output Linear (C^2 + C) + scalar gate; 2 units per block
+    per_unit = 3 * 2 * dim + 4 * dim * dim + 4 * dim + dim * dim + dim + 1
+    assert full == 2 * per_unit
     assert 70e6 < 12 * full < 72e6  # the reference design's ~71M trainable parameters on ViT-B
-    # light: per unit 2 LNs + q (C*w + w) + kv (2 C*w + 2 w) + out (w*C + C) at width w = 64
+    # light at width w = 64: q (C w + w), kv (2 C w + 2 w), 2 LNs (4 w), gate (w + 1), out (w C + C)
     w = 64
-    assert light == 2 * (2 * 2 * dim + dim * w + w + 2 * (dim * w + w) + w * dim + dim) + 3
+    assert light == 2 * (dim * w + w + 2 * (dim * w + w) + 4 * w + w + 1 + w * dim + dim)
     assert 12 * light < 5e6
 
 

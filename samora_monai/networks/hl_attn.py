@@ -5,17 +5,17 @@ Each expert ``e`` changes the block's attention output (before the output projec
 (by default pixel, then patch, then image):
 
     s_0 = r_{o_0}
-    s_i = r_{o_i} + g_i * CrossAttn_i(query=r_{o_i}, context=s_{<i})        i = 1 .. L-1
-    E   = gamma * sum_i s_i
+    s_i = r_{o_i} + GatedCrossAttn_i(query=r_{o_i}, context=s_{<i})        i = 1 .. L-1
+    E   = sum_i s_i            (init="sum")      or      gamma * sum_i s_i, gamma = 0 at start (init="base")
 
-The cross-attention output projections start at zero, so at step 0 ``E = gamma * sum_e r_e``: with
-``init="sum"`` (gamma = 1) the block reproduces the frozen encoder plus the experts' summed contributions,
-with ``init="base"`` (gamma = 0) the frozen encoder alone. Two cross-attention kinds are available:
+The cross-attention output projections start at zero, so at step 0 the block reproduces the frozen encoder
+plus the experts' summed contributions (``init="sum"``) or the frozen encoder alone (``init="base"``).
+Two cross-attention kinds are available:
 
-- ``"token"`` (default, light): per token, attention across the level states ``[s_0 .. s_{i-1}, r_{o_i}]``
+- ``"token"`` (default, light): per token, gated attention across the level states ``[s_0 .. s_{i-1}, r_{o_i}]``
   at a reduced width; cost O(L^2) per token.
 - ``"spatial"`` (reference-style): full-width multi-head attention across the spatial tokens, query the
-  level's residual, key/value the fused lower state; about 71M parameters for ViT-B.
+  level's residual, key/value the fused lower state, scalar gate; about 71M parameters for ViT-B.
 """
 
 from __future__ import annotations
@@ -42,9 +42,11 @@ class SumFusion(nn.Module):
 
 
 class TokenLevelCrossAttention(nn.Module):
-    """Per-token attention of one level over a stack of level states, at a reduced width.
+    """Per-token gated attention of one level over a list of level states, at a reduced width ``w``.
 
-    ``query`` [T, C] and ``context`` [T, M, C] -> update [T, C]; the output projection starts at zero.
+    ``query`` [T, C] and ``context`` (M tensors [T, C]) -> update [T, C]. States are projected to width ``w``
+    before normalisation (so no full-width copies are kept for backward); a per-token sigmoid gate computed from
+    the query scales the attended value; the output projection starts at zero.
     """
 
     def __init__(self, dim: int, width: int, num_heads: int) -> None:
@@ -52,23 +54,27 @@ class TokenLevelCrossAttention(nn.Module):
         if width % num_heads:
             raise ValueError(f"fusion width {width} must be divisible by fusion heads {num_heads}.")
         self.num_heads = num_heads
-        self.norm_q = nn.LayerNorm(dim)
-        self.norm_kv = nn.LayerNorm(dim)
         self.to_q = nn.Linear(dim, width)
         self.to_kv = nn.Linear(dim, 2 * width)
+        self.norm_q = nn.LayerNorm(width)
+        self.norm_k = nn.LayerNorm(width)
+        self.gate = nn.Linear(width, 1)
         self.out = nn.Linear(width, dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        q = self.to_q(self.norm_q(query)).unflatten(-1, (self.num_heads, -1))  # [T, h, d]
-        k, v = self.to_kv(self.norm_kv(context)).unflatten(-1, (2, self.num_heads, -1)).unbind(-3)  # [T, M, h, d]
-        weights = torch.einsum("thd,tmhd->thm", q, k).mul(q.shape[-1] ** -0.5).softmax(-1)
-        return self.out(torch.einsum("thm,tmhd->thd", weights, v).flatten(-2))
+    def forward(self, query: torch.Tensor, context: Sequence[torch.Tensor]) -> torch.Tensor:
+        q = self.norm_q(self.to_q(query))  # [T, w]
+        k, v = torch.stack([self.to_kv(c) for c in context], dim=1).chunk(2, dim=-1)  # [T, M, w] each
+        heads = self.num_heads
+        k = self.norm_k(k).unflatten(-1, (heads, -1))
+        weights = torch.einsum("thd,tmhd->thm", q.unflatten(-1, (heads, -1)), k).mul(k.shape[-1] ** -0.5).softmax(-1)
+        attended = torch.einsum("thm,tmhd->thd", weights, v.unflatten(-1, (heads, -1))).flatten(-2)
+        return self.out(torch.sigmoid(self.gate(q)) * attended)
 
 
 class SpatialCrossAttention(nn.Module):
-    """Reference-style cross-attention across spatial tokens at full width.
+    """Reference-style cross-attention across spatial tokens at full width, with a scalar gate.
 
     ``query`` [B, N, C] and ``context`` [B, N, C] -> update [B, N, C]; the output projection starts at zero.
     """
@@ -80,12 +86,13 @@ class SpatialCrossAttention(nn.Module):
         self.norm_v = nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
         self.out = nn.Linear(dim, dim)
+        self.gate = nn.Parameter(torch.ones(()))
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         fused, _ = self.attn(self.norm_q(query), self.norm_k(context), self.norm_v(context), need_weights=False)
-        return self.out(fused)
+        return self.gate * self.out(fused)
 
 
 class HLAttn(nn.Module):
@@ -98,7 +105,8 @@ class HLAttn(nn.Module):
         kind: ``"token"`` (light, default) or ``"spatial"`` (reference-style, full width).
         width: attention width of the token kind.
         num_heads: attention heads.
-        init: ``"sum"`` (start at frozen encoder + summed expert contributions) or ``"base"`` (frozen encoder).
+        init: ``"sum"`` (start at frozen encoder + summed expert contributions) or ``"base"`` (frozen encoder;
+            adds a learnable output scale ``gamma`` that starts at 0).
     """
 
     def __init__(
@@ -127,8 +135,10 @@ class HLAttn(nn.Module):
         else:
             units = [SpatialCrossAttention(dim, num_heads) for _ in order[1:]]
         self.cross = nn.ModuleList(units)
-        self.gates = nn.Parameter(torch.ones(len(units)))
-        self.gamma = nn.Parameter(torch.tensor(1.0 if init == "sum" else 0.0))
+        if init == "base":
+            self.gamma = nn.Parameter(torch.zeros(()))
+        else:
+            self.register_parameter("gamma", None)
 
     @staticmethod
     def _default_order(levels: tuple[str, ...]) -> tuple[str, ...]:
@@ -137,19 +147,20 @@ class HLAttn(nn.Module):
 
     def forward(self, residuals: torch.Tensor) -> torch.Tensor:
         """residuals [E, B, H, W, C] (in ``levels`` order) -> fused contribution [B, H, W, C]."""
-        ordered = residuals[self.order_index]
-        spatial_shape = ordered.shape[1:-1]
-        tokens = ordered.flatten(1, -2)  # [E, B*H*W, C]
+        spatial_shape = residuals.shape[1:-1]
+        batch = spatial_shape[0]
+        tokens = [residuals[i].flatten(0, -2) for i in self.order_index]  # each [B*H*W, C], views
         states = [tokens[0]]
-        for i, unit in enumerate(self.cross, start=1):
-            query = tokens[i]
+        for query, unit in zip(tokens[1:], self.cross, strict=True):
             if self.kind == "token":
-                update = unit(query, torch.stack(states + [query], dim=1))
+                update = unit(query, [*states, query])
             else:
-                batch = spatial_shape[0]
                 update = unit(query.unflatten(0, (batch, -1)), states[-1].unflatten(0, (batch, -1))).flatten(0, 1)
-            states.append(query + self.gates[i - 1] * update)
-        return (self.gamma * torch.stack(states).sum(0)).unflatten(0, spatial_shape)
+            states.append(query + update)
+        fused = sum(states[1:], states[0])
+        if self.gamma is not None:
+            fused = self.gamma * fused
+        return fused.unflatten(0, spatial_shape)
 
 
 def build_fusion(

@@ -58,17 +58,15 @@ class HierarchicalLoRA(nn.Module):
         """Deltas of one expert: x [..., C] -> (delta_q, delta_v), each [..., C]."""
         return self.experts[level](x)
 
-    def deltas(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Deltas of every expert in one batched call: x [..., C] -> (delta_q, delta_v), each [E, ..., C].
+    def low_rank_factors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Factors of every expert's deltas, ``delta_q[e] = u_q[e] @ b_q[e].T`` (same for v), in one matmul.
 
-        The down-projections of all experts run as one matmul; the up-projections as one einsum.
+        x [..., C] -> (u_q [E, ..., r], b_q [E, C, r], u_v [E, ..., r], b_v [E, C, r]); ``b`` includes the scale.
         """
         experts = [self.experts[level] for level in self.levels]
-        rank = experts[0].rank
         down = torch.cat([torch.cat([e.a_q.weight, e.a_v.weight]) for e in experts])  # [E*2r, C]
-        h = torch.nn.functional.linear(x, down).unflatten(-1, (len(experts), 2, rank))  # [..., E, 2, r]
-        up_q = torch.stack([e.scale * e.b_q.weight for e in experts])  # [E, C, r]
-        up_v = torch.stack([e.scale * e.b_v.weight for e in experts])
-        delta_q = torch.einsum("...er,ecr->e...c", h[..., 0, :], up_q)
-        delta_v = torch.einsum("...er,ecr->e...c", h[..., 1, :], up_v)
-        return delta_q, delta_v
+        u = torch.nn.functional.linear(x, down).unflatten(-1, (len(experts), 2, experts[0].rank))  # [..., E, 2, r]
+        u = u.movedim(-3, 0)  # [E, ..., 2, r]
+        b_q = torch.stack([e.scale * e.b_q.weight for e in experts])
+        b_v = torch.stack([e.scale * e.b_v.weight for e in experts])
+        return u[..., 0, :], b_q, u[..., 1, :], b_v

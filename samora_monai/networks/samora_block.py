@@ -70,6 +70,54 @@ class SamoraBlock(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.attn.scale)
         return out.transpose(1, 2).reshape(n, tokens, dim)
 
+    def _fused_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: torch.Tensor, hw: tuple[int, int]):
+        """Base and every expert's attention core at once, exploiting that expert deltas are low-rank.
+
+        q, k, v [n, N, C] are the frozen projections and h [n, N, C] the normalised block input. Expert e adds
+        ``dq_e = U_e B_e^T`` (U_e = h A_e^T, rank r), so its scores are the base scores plus a rank-r update
+        ``scale * U_e (k B_e)^T`` plus the (linear) relative-position bias of ``dq_e``; its values add
+        ``P_e (U^v_e) B^v_e^T``. One softmax over [n, heads, 1 + E, N, N] and one ``P @ v`` with the shared v
+        follow. Returns [1 + E, n, N, C] (before the output projection), exactly the separate attentions.
+        """
+        n, tokens, dim = q.shape
+        heads = self.attn.num_heads
+        head_dim = dim // heads
+        q, k, v = (t.reshape(n, tokens, heads, head_dim).transpose(1, 2) for t in (q, k, v))  # [n, a, N, d]
+        u_q, b_q, u_v, b_v = self.lora.low_rank_factors(h)  # U [E, n, N, r], B [E, C, r]
+        b_q, b_v = (b.unflatten(1, (heads, head_dim)) for b in (b_q, b_v))  # [E, a, d, r]
+
+        scores = (q * self.attn.scale) @ k.transpose(-2, -1)  # [n, a, N, N]
+        k_b = torch.einsum("nald,eadr->naerl", k, b_q)  # [n, a, E, r, N]
+        updates = torch.einsum("enmr,naerl->naeml", u_q, k_b) * self.attn.scale  # [n, a, E, N, N]
+        if self.attn.use_rel_pos:
+            size_h, size_w = hw
+            rel_h = get_rel_pos(size_h, size_h, self.attn.rel_pos_h)  # [H, H, d]
+            rel_w = get_rel_pos(size_w, size_w, self.attn.rel_pos_w)  # [W, W, d]
+            q_grid = q.reshape(n, heads, size_h, size_w, head_dim)
+            scores = scores + self._rel_bias(
+                torch.einsum("nayxd,ykd->nayxk", q_grid, rel_h), torch.einsum("nayxd,xkd->nayxk", q_grid, rel_w)
+            )
+            u_grid = u_q.reshape(-1, n, size_h, size_w, u_q.shape[-1])  # [E, n, H, W, r]
+            bias_h = torch.einsum("enyxr,eaykr->naeyxk", u_grid, torch.einsum("eadr,ykd->eaykr", b_q, rel_h))
+            bias_w = torch.einsum("enyxr,eaxkr->naeyxk", u_grid, torch.einsum("eadr,xkd->eaxkr", b_q, rel_w))
+            updates = updates + self._rel_bias(bias_h, bias_w)
+        logits = torch.cat([scores.unsqueeze(2), scores.unsqueeze(2) + updates], dim=2)  # [n, a, 1 + E, N, N]
+        probs = logits.softmax(-1)
+        out = (probs.flatten(2, 3) @ v).unflatten(2, (-1, tokens))  # [n, a, 1 + E, N, d]
+        # P_e @ U^v_e for every e from one contiguous matmul, then the matching (row level, factor level) pairs.
+        experts = u_v.shape[0]
+        expert_v = (probs.flatten(2, 3) @ u_v.permute(1, 2, 0, 3).flatten(2)[:, None])  # [n, a, (1+E) N, E r]
+        expert_v = expert_v.unflatten(2, (-1, tokens)).unflatten(-1, (experts, -1))[:, :, 1:]  # [n, a, E, N, E, r]
+        expert_v = expert_v.diagonal(dim1=2, dim2=4)  # [n, a, N, r, E]
+        out[:, :, 1:] += torch.einsum("namre,eadr->naemd", expert_v, b_v)
+        return out.permute(2, 0, 3, 1, 4).reshape(-1, n, tokens, dim)
+
+    @staticmethod
+    def _rel_bias(rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
+        """[..., H, W, H] and [..., H, W, W] decomposed terms -> bias [..., H*W, H*W]."""
+        *lead, h, w, _ = rel_h.shape
+        return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(*lead, h * w, h * w)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, H, W, C] -> [B, H, W, C]."""
         height, width = x.shape[1], x.shape[2]
@@ -78,25 +126,22 @@ class SamoraBlock(nn.Module):
         if self.window_size > 0:
             h, pad_hw = window_partition(h, self.window_size)
         n, hh, ww, dim = h.shape
-        q, k, v = self.attn.qkv(h).reshape(n, hh * ww, 3 * dim).chunk(3, dim=-1)
+        h = h.reshape(n, hh * ww, dim)
+        q, k, v = self.attn.qkv(h).chunk(3, dim=-1)
 
-        if self.mode == "plain" or self.lora is None:
-            out = self._attend(q, k, v, (hh, ww))
-        elif self.mode == "expert":
-            dq, dv = self.lora.delta(h.reshape(n, hh * ww, dim), self.active_level)
+        fused = self.mode == "fused" and self.lora is not None
+        if fused:
+            out = self._fused_attend(q, k, v, h, (hh, ww)).flatten(0, 1)  # [(1 + E) n, N, C]
+        elif self.mode == "expert" and self.lora is not None:
+            dq, dv = self.lora.delta(h, self.active_level)
             out = self._attend(q + dq, k, v + dv, (hh, ww))
         else:
-            dq, dv = self.lora.deltas(h.reshape(n, hh * ww, dim))  # [E, n, N, C]
-            levels = dq.shape[0] + 1
-            queries = torch.cat([q[None], q[None] + dq]).flatten(0, 1)
-            values = torch.cat([v[None], v[None] + dv]).flatten(0, 1)
-            keys = k.expand(levels, -1, -1, -1).flatten(0, 1)
-            out = self._attend(queries, keys, values, (hh, ww))
+            out = self._attend(q, k, v, (hh, ww))
         out = out.reshape(-1, hh, ww, dim)
         if self.window_size > 0:
             out = window_unpartition(out, self.window_size, pad_hw, (height, width))
-        if self.mode == "fused" and self.lora is not None:
-            out = out.unflatten(0, (levels, -1))  # [1 + E, B, H, W, C]
+        if fused:
+            out = out.unflatten(0, (-1, x.shape[0]))  # [1 + E, B, H, W, C]
             base = out[0]
             out = base + self.fusion(out[1:] - base)
         x = x + self.attn.proj(out)
