@@ -10,10 +10,11 @@ DEMO_DIR ?= demo_output
 
 venv: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml requirements/constraints.txt
+$(STAMP): setup.cfg pyproject.toml requirements/constraints.txt requirements/monailabel.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=23.2"
-	$(PY) -m pip install --quiet -c requirements/constraints.txt -e ".[dev]"
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e ".[dev,monailabel]"
+	$(PY) -m pip install --quiet --no-deps -c requirements/constraints.txt -r requirements/monailabel.txt
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -1,0 +1,1 @@
+"""The ``samora`` Auto3DSeg algorithm template (SAMora stage 2 on 2D slices, whole-volume validation)."""

@@ -1,0 +1,22 @@
+"""Score a trained fold: ``python scripts/validate.py run --config_file <configs>``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import fire
+
+from samora_monai.auto3dseg.workflow import load_config, validate
+
+
+def run(config_file: str | Sequence[str], **override: Any) -> dict:
+    """Mean foreground Dice of ``best_metric_model.pt`` on the fold's validation volumes
+    (also written to ``<ckpt_path>/validation.yaml``)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return validate(load_config(config_file, override))
+
+
+if __name__ == "__main__":
+    fire.Fire()

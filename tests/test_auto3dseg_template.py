@@ -1,0 +1,239 @@
+"""The samora Auto3DSeg template: derived settings (fast) and the offline DataAnalyzer -> BundleGen -> train -> score
+-> ensemble chain and AutoRunner end to end (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+from monai.data import create_test_image_3d
+
+from samora_monai.auto3dseg import ALGO_NAME, derive_hyper_parameters, get_template_path
+from samora_monai.auto3dseg.settings import in_plane_size, slice_axis_from_spacing
+
+SHAPE = (32, 28, 8)
+SPACING = (1.0, 1.0, 3.0)
+# tiny settings for every training run: 1 epoch, a few slice batches, the tiny random backbone at 32x32
+TRAIN_PARAMS = {
+    "num_epochs": 1,
+    "num_images_per_batch": 8,
+    "variant": "tiny",
+    "random_init": True,
+    "num_workers": 0,
+    "warmup_iters": 1,
+    "slice_batch_size": 8,
+}
+
+
+def _stats(labels=(0, 1, 2), shape=(512, 512, 90), spacing=(0.8, 0.8, 3.0), channels=1, p=(-90.0, 260.0)) -> dict:
+    return {
+        "stats_summary": {
+            "n_cases": 4,
+            "label_stats": {"labels": list(labels)},
+            "image_stats": {
+                "shape": {"max": list(shape)},
+                "spacing": {"median": list(spacing)},
+                "channels": {"max": channels},
+            },
+            "image_foreground_stats": {"intensity": {"percentile_00_5": p[0], "percentile_99_5": p[1]}},
+        }
+    }
+
+
+def test_derive_ct_anisotropic():
+    out = derive_hyper_parameters(_stats(), "CT")
+    assert out["output_classes"] == 3 and out["input_channels"] == 1 and out["modality"] == "ct"
+    assert out["intensity_window"] == [-90.0, 260.0]
+    assert out["slice_axis"] == 2 and out["img_size"] == 224 and out["n_cases"] == 4
+
+
+def test_derive_mr_sagittal_small():
+    out = derive_hyper_parameters(_stats(shape=(20, 40, 37), spacing=(4.0, 1.0, 1.0)), "mri", max_img_size=64)
+    assert out["modality"] == "mr" and out["percentiles"] == [0.5, 99.5]
+    assert out["slice_axis"] == 0 and out["img_size"] == 48  # in-plane 40 x 37 -> 48 (multiple of 16)
+
+
+def test_settings_rules_and_errors():
+    assert slice_axis_from_spacing((1.0, 1.0, 1.2)) == 2
+    assert slice_axis_from_spacing((0.7, 5.0, 0.7)) == 1
+    assert in_plane_size((1000, 800, 10), 2, max_img_size=224) == 224
+    assert in_plane_size((17, 3, 10), 2) == 32
+    with pytest.raises(ValueError, match="modality"):
+        derive_hyper_parameters(_stats(), "pet")
+    with pytest.raises(ValueError, match="channels"):
+        derive_hyper_parameters(_stats(channels=2), "ct")
+    with pytest.raises(ValueError, match="foreground"):
+        derive_hyper_parameters(_stats(labels=(0,)), "ct")
+    with pytest.raises(KeyError, match="label_stats"):
+        derive_hyper_parameters({"stats_summary": {}}, "ct")
+
+
+def test_template_path_layout():
+    path = get_template_path()
+    root = os.path.join(path, ALGO_NAME)
+    for rel in ("configs/hyper_parameters.yaml", "scripts/algo.py", "scripts/train.py", "scripts/infer.py"):
+        assert os.path.isfile(os.path.join(root, rel)), rel
+    with open(os.path.join(root, "configs", "hyper_parameters.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    assert cfg["ckpt_path"] == "$@bundle_root + '/model_fold' + str(@fold)" and cfg["ssl"] == "skip"
+
+
+def _make_data(root, **extra) -> tuple[str, str]:
+    """5 labelled 32x28x8 volumes (2 classes, folds 0/1) and the input config (plus ``extra`` keys); returns
+    (input yaml, test image)."""
+    root = str(root)
+    os.makedirs(os.path.join(root, "data"), exist_ok=True)
+    items = []
+    for i in range(5):
+        image, label = create_test_image_3d(
+            *SHAPE, num_objs=4, rad_max=3, rad_min=2, num_seg_classes=2, noise_max=0.1,
+            random_state=np.random.RandomState(i),
+        )  # fmt: skip
+        affine = np.diag([*SPACING, 1.0])
+        nib.save(nib.Nifti1Image(image.astype(np.float32) * 400 - 100, affine), f"{root}/data/img{i}.nii.gz")
+        nib.save(nib.Nifti1Image(label.astype(np.uint8), affine), f"{root}/data/lab{i}.nii.gz")
+        items.append({"image": f"img{i}.nii.gz", "label": f"lab{i}.nii.gz", "fold": int(i >= 2)})
+    datalist = os.path.join(root, "datalist.json")
+    with open(datalist, "w") as f:
+        json.dump({"training": items, "testing": [{"image": "img4.nii.gz"}]}, f)
+    input_yaml = os.path.join(root, "input.yaml")
+    with open(input_yaml, "w") as f:
+        yaml.safe_dump(
+            {"modality": "CT", "dataroot": os.path.join(root, "data"), "datalist": datalist, "name": "tiny", **extra}, f
+        )
+    return input_yaml, os.path.join(root, "data", "img4.nii.gz")
+
+
+@pytest.fixture
+def offline_python(monkeypatch):
+    """Train subprocesses run with this interpreter (Auto3DSeg's default command prefix is a bare ``python``)."""
+    monkeypatch.setenv("CMD_PREFIX", sys.executable)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
+@pytest.mark.slow
+def test_bundlegen_train_score_ensemble(tmp_path, offline_python):
+    from monai.apps.auto3dseg import AlgoEnsembleBestN, AlgoEnsembleBuilder, BundleGen, DataAnalyzer
+    from monai.bundle import ConfigParser
+
+    input_yaml, test_image = _make_data(tmp_path)
+    src = ConfigParser.load_config_file(input_yaml)
+    work = tmp_path / "work"
+    work.mkdir()
+    stats_file = str(work / "datastats.yaml")
+    DataAnalyzer(src["datalist"], src["dataroot"], output_path=stats_file, device="cpu", worker=0).get_all_case_stats()
+
+    gen = BundleGen(
+        algo_path=str(work),
+        templates_path_or_url=get_template_path(),
+        algos=[ALGO_NAME],
+        data_stats_filename=stats_file,
+        data_src_cfg_name=input_yaml,
+    )
+    gen.generate(str(work), num_fold=1)
+    history = gen.get_history()
+    assert len(history) == 1
+    algo = history[0]["algo_instance"]
+    assert history[0]["identifier"] == "samora_0" and type(algo).__name__ == "SamoraAlgo"
+    cfg = ConfigParser.load_config_file(os.path.join(algo.get_output_path(), "configs", "hyper_parameters.yaml"))
+    assert cfg["output_classes"] == 3 and cfg["modality"] == "ct" and cfg["slice_axis"] == 2
+    assert cfg["img_size"] == 32 and cfg["fold"] == 0 and cfg["bundle_root"] == algo.get_output_path()
+    lo, hi = cfg["intensity_window"]
+    assert -100 <= lo < hi <= 300
+
+    algo.train(train_params=TRAIN_PARAMS)
+    ckpt = os.path.join(algo.get_output_path(), "model_fold0")
+    assert os.path.isfile(os.path.join(ckpt, "best_metric_model.pt"))
+    with open(os.path.join(ckpt, "progress.yaml")) as f:
+        progress = yaml.safe_load(f)
+    assert set(progress[-1]) == {"best_avg_dice_score", "best_avg_dice_score_epoch", "best_avg_dice_score_iteration"}
+    assert progress[-1]["best_avg_dice_score_epoch"] == 1
+    score = algo.get_score()
+    assert 0.0 <= score <= 1.0 and score == progress[-1]["best_avg_dice_score"]
+    trained = ConfigParser.load_config_file(os.path.join(algo.get_output_path(), "configs", "hyper_parameters.yaml"))
+    assert trained["variant"] == "tiny" and trained["num_epochs"] == 1  # training parameters recorded
+
+    prob = algo.predict([test_image])[0]
+    assert tuple(prob.shape) == (3, *SHAPE)
+    np.testing.assert_allclose(prob.sum(0).numpy(), 1.0, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(prob.affine), np.diag([*SPACING, 1.0]), atol=1e-5)
+
+    configs = [os.path.join(algo.get_output_path(), "configs", "hyper_parameters.yaml")]
+    validate = os.path.join(algo.get_output_path(), "scripts", "validate.py")
+    subprocess.run([sys.executable, validate, "run", f"--config_file={configs}"], check=True)
+    with open(os.path.join(ckpt, "validation.yaml")) as f:
+        assert yaml.safe_load(f)["mean_dice"] == pytest.approx(score, abs=1e-4)  # same model, same volumes
+
+    mask = algo.get_inferer().infer(test_image, save_mask=True)
+    saved = nib.load(os.path.join(algo.get_output_path(), "prediction_testing", "img4_seg.nii.gz"))
+    assert tuple(mask.shape) == (1, *SHAPE) and saved.shape == SHAPE
+    np.testing.assert_array_equal(saved.get_fdata(), mask[0].numpy())
+    np.testing.assert_array_equal(mask[0].numpy(), prob.argmax(0).numpy())
+
+    builder = AlgoEnsembleBuilder(history, input_yaml)
+    builder.set_ensemble_method(AlgoEnsembleBestN(n_best=1))
+    ensemble = builder.get_ensemble()
+    preds = ensemble(pred_param={"infer_files": [test_image]})
+    assert len(preds) == 1 and tuple(preds[0].shape) == (1, *SHAPE)
+    assert set(np.unique(preds[0].numpy()).tolist()) <= {0, 1, 2}
+
+
+@pytest.mark.slow
+def test_autorunner_end_to_end(tmp_path, offline_python):
+    from monai.apps.auto3dseg import AutoRunner
+
+    # the backbone settings come from the input config's "samora" section (what the CLI uses), the rest from
+    # set_training_params: without random_init reaching the template, training would fail for want of a SAM checkpoint
+    backbone = {"variant": "tiny", "random_init": True}
+    input_yaml, test_image = _make_data(tmp_path, samora=backbone)
+    work = tmp_path / "work"
+    runner = AutoRunner(
+        work_dir=str(work), input=input_yaml, algos=[ALGO_NAME], templates_path_or_url=get_template_path()
+    )
+    runner.set_num_fold(1)
+    runner.set_analyze_params({"device": "cpu", "worker": 0, "do_ccp": False})
+    runner.set_training_params({k: v for k, v in TRAIN_PARAMS.items() if k not in backbone})
+    runner.set_device_info(cuda_visible_devices=[], cmd_prefix=sys.executable)
+    runner.run()
+
+    assert os.path.isfile(work / "datastats.yaml")
+    with open(work / "samora_0" / "configs" / "hyper_parameters.yaml") as f:
+        cfg = yaml.safe_load(f)
+    assert cfg["variant"] == "tiny" and cfg["random_init"] is True and cfg["num_epochs"] == 1
+    with open(work / "samora_0" / "model_fold0" / "progress.yaml") as f:
+        assert 0.0 <= yaml.safe_load(f)[-1]["best_avg_dice_score"] <= 1.0
+    out = work / "ensemble_output" / "img4_ensemble.nii.gz"
+    assert out.is_file()
+    seg = nib.load(str(out))
+    assert seg.shape == SHAPE and set(np.unique(seg.get_fdata()).tolist()) <= {0.0, 1.0, 2.0}
+    np.testing.assert_allclose(seg.affine, nib.load(test_image).affine, atol=1e-5)
+
+
+def test_load_config_overrides_persist_and_errors(tmp_path):
+    import shutil
+
+    from samora_monai.auto3dseg.workflow import _check_ssl, load_config
+
+    cfg_file = str(tmp_path / "hyper_parameters.yaml")
+    shutil.copy(os.path.join(get_template_path(), ALGO_NAME, "configs", "hyper_parameters.yaml"), cfg_file)
+    with pytest.raises(ValueError, match="bundle_root"):
+        load_config(cfg_file)
+    cfg = load_config([cfg_file], {"bundle_root": "/b", "fold": 2, "variant": "tiny", "no_such_key": 1}, persist=True)
+    assert cfg["ckpt_path"] == "/b/model_fold2" and cfg["infer"]["ckpt_name"] == "/b/model_fold2/best_metric_model.pt"
+    with open(cfg_file) as f:
+        saved = yaml.safe_load(f)
+    assert saved["variant"] == "tiny" and saved["fold"] == 2 and "no_such_key" not in saved
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_config(str(tmp_path / "missing.yaml"))
+    _check_ssl({"ssl": "skip"})
+    with pytest.raises(NotImplementedError, match="expert_dir"):
+        _check_ssl({"ssl": "run"})
+    with pytest.raises(ValueError, match="ssl"):
+        _check_ssl({"ssl": "maybe"})

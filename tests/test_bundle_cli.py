@@ -1,0 +1,232 @@
+"""The bundles through the real MONAI CLI (subprocesses): training for every supported file format, resume,
+evaluation (CSV + JSON, both metric modes), inference (NIfTI in the input geometry), verify_net_in_out,
+torchrun DDP on CPU (gloo), a corrupt input, and a config-only dataset swap. Tiny SAM, 64 px, 1 epoch."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from test_bundle_units import (
+    BUNDLES,
+    TINY,
+    write_datalist,
+    write_la_h5,
+    write_msd_heart,
+    write_nifti_cases,
+    write_transunet,
+)
+
+pytestmark = pytest.mark.slow
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _args(overrides: dict) -> list[str]:
+    out = []
+    for k, v in overrides.items():
+        out += [f"--{k}", v if isinstance(v, str) else repr(v)]
+    return out
+
+
+def bundle_cli(bundle: str, command: list[str], configs: list[str], overrides: dict, cwd: Path, ok: bool = True,
+               launcher: list[str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+    """``python -m monai.bundle <command> --config_file <configs> --<key> <value> ...`` from ``cwd``."""
+    files = [str(BUNDLES[bundle] / "configs" / c) for c in configs]
+    config_arg = files[0] if len(files) == 1 else repr(files)
+    cmd = [*(launcher or [sys.executable]), "-m", "monai.bundle", *command, "--config_file", config_arg]
+    result = subprocess.run(
+        [*cmd, *_args({**TINY, **overrides})], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300
+    )
+    if ok and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def network_def(bundle: str, root: Path, **overrides):
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES[bundle] / "configs" / "inference.yaml"))
+    parser.update({**TINY, "bundle_root": str(root), **overrides})
+    return parser.get_parsed_content("network_def")
+
+
+def assert_model_loads(bundle: str, root: Path, **overrides) -> None:
+    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+    net = network_def(bundle, root, **overrides)
+    net.load_state_dict(state, strict=True)  # the whole network, not a partial file
+    assert set(state) == set(net.state_dict())
+
+
+def read_report(folder: Path, mode: str, num_classes: int) -> tuple[list[dict], dict]:
+    rows = list(csv.DictReader(open(folder / f"metrics_{mode}.csv")))
+    summary = json.loads((folder / f"metrics_{mode}.json").read_text())
+    assert summary["mode"] == mode and summary["hd95_units"] == {"transunet": "voxel", "monai": "mm"}[mode]
+    assert len(rows) == summary["num_cases"] * num_classes and len(summary["per_class"]) == num_classes
+    dice = [float(r["dice"]) for r in rows if r["dice"] != "nan"]
+    assert dice and all(0.0 <= d <= 1.0 for d in dice)
+    return rows, summary
+
+
+def assert_same_geometry(image: Path, pred: Path, num_classes: int) -> None:
+    src, out = nib.load(image), nib.load(pred)
+    assert out.shape == src.shape
+    np.testing.assert_allclose(out.affine, src.affine, atol=1e-5)
+    values = np.unique(np.asarray(out.dataobj))
+    assert values.min() >= 0 and values.max() <= num_classes
+
+
+# ------------------------------------------------------------------------------------------------ samora_synapse
+
+
+@pytest.fixture(scope="module")
+def btcv(tmp_path_factory):
+    """Raw BTCV NIfTI (13 ids, mapped to 8 by the default config) trained for 1 epoch through the CLI."""
+    work = tmp_path_factory.mktemp("btcv")
+    items = write_nifti_cases(work / "data", n=3)
+    datalist = write_datalist(work / "datalist.json", training=items[:2], validation=items[2:], testing=items[2:])
+    root = work / "bundle"
+    result = bundle_cli("synapse", ["run", "training"], ["train.yaml"],
+                        {"bundle_root": str(root), "datalist": datalist}, cwd=work)  # fmt: skip
+    return work, root, items, datalist, result
+
+
+def test_synapse_btcv_trains_and_resumes(btcv):
+    work, root, items, datalist, result = btcv
+    assert "RANDOM SAM weights" in result.stdout + result.stderr
+    assert (root / "models" / "model.pt").is_file() and (root / "models" / "latest_checkpoint_epoch=1.pt").is_file()
+    assert_model_loads("synapse", root)
+    again = bundle_cli("synapse", ["run", "training"], ["train.yaml"],
+                       {"bundle_root": str(root), "datalist": datalist, "epochs": 2}, cwd=work)  # fmt: skip
+    log = again.stdout + again.stderr
+    assert "Restored all variables from" in log and "latest_checkpoint_epoch=1.pt" in log
+    assert "Epoch: 2/2, Iter: 1/" in log and "Epoch: 1/2" not in log  # resumed at epoch 2
+    state = torch.load(root / "models" / "latest_checkpoint_epoch=2.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"]
+
+
+def test_synapse_btcv_evaluate_writes_both_modes(btcv):
+    work, root, items, datalist, _ = btcv
+    out = work / "eval"
+    bundle_cli("synapse", ["run", "evaluating"], ["train.yaml", "evaluate.yaml"],
+               {"bundle_root": str(root), "datalist": datalist, "output_dir": str(out)}, cwd=work)  # fmt: skip
+    for mode in ("transunet", "monai"):
+        rows, summary = read_report(out, mode, 8)
+        assert summary["cases"] == ["img0003"] and rows[0]["class_name"] == "spleen"
+    assert_same_geometry(Path(items[2]["image"]), out / "predictions" / "img0003_seg.nii.gz", 8)
+
+
+def test_synapse_inference_keeps_geometry(btcv, tmp_path):
+    work, root, items, _, _ = btcv
+    out = tmp_path / "pred"
+    bundle_cli("synapse", ["run"], ["inference.yaml"],
+               {"bundle_root": str(root), "input_images": str(work / "data" / "imagesTr"), "output_dir": str(out)},
+               cwd=tmp_path)  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [f"img000{i}_seg.nii.gz" for i in (1, 2, 3)]
+    for i, item in enumerate(items):
+        assert_same_geometry(Path(item["image"]), out / f"img000{i + 1}_seg.nii.gz", 8)
+
+
+def test_synapse_corrupt_input_stops_with_file_name(btcv, tmp_path):
+    work, root, items, _, _ = btcv
+    bad = tmp_path / "img0099.nii.gz"
+    bad.write_bytes(b"\x1f\x8b\x08\x00truncated")
+    out = tmp_path / "pred"
+    result = bundle_cli("synapse", ["run"], ["inference.yaml"],
+                        {"bundle_root": str(root), "input_images": repr([items[0]["image"], str(bad)]),
+                         "output_dir": str(out)}, cwd=tmp_path, ok=False)  # fmt: skip
+    assert result.returncode != 0
+    assert f"cannot read image file {bad}" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["img0001_seg.nii.gz"]  # the good case, complete; nothing else
+
+
+@pytest.mark.parametrize("bundle", ["synapse", "la"])
+def test_verify_net_in_out(bundle, tmp_path):
+    configs = BUNDLES[bundle] / "configs"
+    result = bundle_cli(bundle, ["verify_net_in_out", "network_def"], ["inference.yaml"],
+                        {"meta_file": str(configs / "metadata.json"), "bundle_root": str(tmp_path)}, cwd=tmp_path)
+    assert "data shape of network is verified with no error" in result.stdout + result.stderr
+
+
+def test_synapse_transunet_npz_h5(tmp_path):
+    """TransUNet files: npz training slices, h5 validation/test volumes, images already in [0, 1], labels 0..8."""
+    train, test = write_transunet(tmp_path / "data")
+    datalist = write_datalist(tmp_path / "dl.json", training=train, validation=test[:1], testing=test)
+    root, out = tmp_path / "bundle", tmp_path / "eval"
+    common = {"bundle_root": str(root), "datalist": datalist, "modality": "none", "label_mapping": None}
+    bundle_cli("synapse", ["run", "training"], ["train.yaml"], common, cwd=tmp_path)
+    assert_model_loads("synapse", root)
+    bundle_cli("synapse", ["run", "evaluating"], ["train.yaml", "evaluate.yaml"],
+               {**common, "output_dir": str(out)}, cwd=tmp_path)  # fmt: skip
+    rows, summary = read_report(out, "transunet", 8)
+    assert summary["cases"] == ["case0001.npy", "case0002.npy"]
+
+
+def test_synapse_multi_gpu_overlay_gloo(tmp_path):
+    items = write_nifti_cases(tmp_path / "data", n=3)
+    datalist = write_datalist(tmp_path / "dl.json", training=items[:2], validation=items[1:])
+    root = tmp_path / "bundle"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2"]
+    result = bundle_cli("synapse", ["run", "training"], ["train.yaml", "multi_gpu_train.yaml"],
+                        {"bundle_root": str(root), "datalist": datalist, "batch_size": 2}, cwd=tmp_path,
+                        launcher=launcher)  # fmt: skip
+    log = result.stdout + result.stderr
+    assert "Epoch: 1/1, Iter: 3/3" in log  # 12 slices / 2 ranks / batch 2
+    assert log.count("Saved checkpoint at epoch: 1") == 1  # rank 0 only
+    assert len(list((root / "eval").glob("events.out.tfevents.*"))) == 2  # one train + one val writer, rank 0
+    assert_model_loads("synapse", root)
+
+
+def test_config_only_dataset_swap(tmp_path):
+    """Three classes with new names, MR percentile intensity, labels already 0..3: CLI values only."""
+    items = write_nifti_cases(tmp_path / "data", ids=(1, 2, 3), n=2, dtype=np.float32)
+    datalist = write_datalist(tmp_path / "dl.json", training=items[:1], validation=items[1:])
+    root = tmp_path / "bundle"
+    swap = {"class_names": ["liver", "tumour", "vessel"], "label_mapping": None, "modality": "mr"}
+    bundle_cli("synapse", ["run", "training"], ["train.yaml"],
+               {"bundle_root": str(root), "datalist": datalist, **swap}, cwd=tmp_path)  # fmt: skip
+    assert_model_loads("synapse", root, class_names=swap["class_names"])
+    assert torch.load(root / "models" / "model.pt", weights_only=True)["mask_decoder.mask_tokens.weight"].shape[0] == 4
+    out = tmp_path / "pred"
+    bundle_cli("synapse", ["run"], ["inference.yaml"],
+               {"bundle_root": str(root), "input_images": items[1]["image"], "output_dir": str(out),
+                "class_names": swap["class_names"], "modality": "mr"}, cwd=tmp_path)  # fmt: skip
+    assert_same_geometry(Path(items[1]["image"]), out / "img0002_seg.nii.gz", 3)
+
+
+# ---------------------------------------------------------------------------------------------------- samora_la
+
+
+def test_la_h5_trains_and_evaluates(tmp_path):
+    items = write_la_h5(tmp_path / "LA", n=3)
+    datalist = write_datalist(tmp_path / "dl.json", training=items[:2], validation=items[2:], testing=items[1:])
+    root, out = tmp_path / "bundle", tmp_path / "eval"
+    bundle_cli("la", ["run", "training"], ["train.yaml"], {"bundle_root": str(root), "datalist": datalist},
+               cwd=tmp_path)  # fmt: skip
+    assert_model_loads("la", root)
+    bundle_cli("la", ["run", "evaluating"], ["train.yaml", "evaluate.yaml"],
+               {"bundle_root": str(root), "datalist": datalist, "output_dir": str(out)}, cwd=tmp_path)  # fmt: skip
+    _, summary = read_report(out, "monai", 1)
+    assert summary["cases"] == ["mri_norm2", "CASE02LA/mri_norm2"] and summary["class_names"] == ["left_atrium"]
+
+
+def test_la_msd_heart_named_setting_trains_and_infers(tmp_path):
+    items = write_msd_heart(tmp_path / "Task02_Heart", n=3)
+    root, out = tmp_path / "bundle", tmp_path / "pred"
+    setting = {"dataset_dir": str(tmp_path / "Task02_Heart"), "setting": "msd_heart",
+               "setting_args": {"num_labeled": 2, "num_validation": 1}}  # fmt: skip
+    result = bundle_cli("la", ["run", "training"], ["train.yaml"], {"bundle_root": str(root), **setting}, cwd=tmp_path)
+    assert "12 slices of 2 volumes" in result.stdout + result.stderr
+    assert_model_loads("la", root)
+    bundle_cli("la", ["run"], ["inference.yaml"],
+               {"bundle_root": str(root), "input_images": items[2]["image"], "output_dir": str(out)},
+               cwd=tmp_path)  # fmt: skip
+    assert_same_geometry(Path(items[2]["image"]), out / "la_003_seg.nii.gz", 1)

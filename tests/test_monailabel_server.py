@@ -1,0 +1,208 @@
+"""End to end with a real MONAI Label server: train the tiny Synapse bundle for one epoch with the bundle CLI,
+package it, install it through ``monai.bundle.download`` from the local archive, serve it on 127.0.0.1, infer
+(one request, then four concurrent ones) and train one epoch through ``/train/``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from samora_monai.monailabel_app import create_app, install_bundle, offline_env, server_command
+from samora_monai.packaging import package_bundle, read_bundle_version
+
+pytest.importorskip("monailabel", reason="MONAI Label extra not installed (make venv installs it)")
+requests = pytest.importorskip("requests")
+
+pytestmark = pytest.mark.slow
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "samora_synapse"
+NAME = "samora_synapse"
+ORGANS = ["spleen", "right kidney", "left kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas"]
+SHAPE = (48, 48, 8)
+# tiny random-init backbone for CPU tests; `label_mapping: null` because MONAI Label labels are already 0..8;
+# `resume_checkpoint: null` so each /train/ round trains instead of resuming the previous round's final epoch
+TINY = {"variant": "tiny", "img_size": 64, "random_init": True, "num_workers": 0}
+INSTALL_OVERRIDES = {**TINY, "batch_size": 4, "label_mapping": None, "resume_checkpoint": None}
+
+
+def _ct_volume(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A CT-like volume in HU with two organ blocks, and its label (Synapse indices)."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(-80.0, 40.0, SHAPE).astype(np.float32)
+    label = np.zeros(SHAPE, np.uint8)
+    label[8 + seed : 24 + seed, 10:26, :] = 1 + seed % 8
+    label[30:42, 28:44, 2:6] = 5
+    image[label > 0] = 60.0 + 40.0 * label[label > 0]
+    return image, label
+
+
+def _save(array: np.ndarray, path: Path) -> Path:
+    nib.save(nib.Nifti1Image(array, np.diag([1.5, 1.5, 3.0, 1.0])), path)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Studies (3 labelled CT volumes), a trained tiny bundle packaged as a zip and installed into a monaibundle app."""
+    root = tmp_path_factory.mktemp("monailabel")
+    studies = root / "studies"
+    (studies / "labels" / "final").mkdir(parents=True)
+    items = []
+    for i in range(3):
+        image, label = _ct_volume(i)
+        items.append(
+            {
+                "image": str(_save(image, studies / f"case{i}.nii.gz")),
+                "label": str(_save(label, studies / "labels" / "final" / f"case{i}.nii.gz")),
+            }
+        )
+    datalist = root / "datalist.json"
+    datalist.write_text(json.dumps({"training": items[:2], "validation": items[2:]}))
+
+    bundle = root / NAME
+    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("eval", "models", "__pycache__"))
+    train = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml"]
+    train += ["--bundle_root", str(bundle), "--datalist", str(datalist), "--epochs", "1", "--batch_size", "4"]
+    for key, value in TINY.items():
+        train += [f"--{key}", str(value).lower()]
+    result = subprocess.run(train, cwd=bundle, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (bundle / "models" / "model.pt").is_file(), result.stderr[-3000:]
+
+    archive = Path(package_bundle(str(bundle), out=str(root / "dist")))
+    assert archive.name == f"{NAME}_v{read_bundle_version(BUNDLE)}.zip"
+    app = create_app(root / "ws")
+    installed = install_bundle(archive, app, overrides=INSTALL_OVERRIDES)
+    assert (installed / "models" / "model.pt").read_bytes() == (bundle / "models" / "model.pt").read_bytes()
+    return {"root": root, "app": app, "studies": studies, "installed": installed}
+
+
+@pytest.fixture(scope="module")
+def server(workspace):
+    """A MONAI Label server on a free local port; stopped (whole process group) however the tests end."""
+    port = _free_port()
+    env = offline_env()
+    env.update(OMP_NUM_THREADS="1", MONAI_LABEL_SESSION_PATH=str(workspace["root"] / "sessions"))
+    # any HTTP(S) request that leaves the machine goes to a dead proxy and fails
+    env.update(HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", NO_PROXY="127.0.0.1,localhost")
+    env.update(http_proxy=env["HTTP_PROXY"], https_proxy=env["HTTPS_PROXY"], no_proxy=env["NO_PROXY"])
+    log_path = workspace["root"] / "server.log"
+    cmd = server_command(workspace["app"], workspace["studies"], NAME, port=port)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"MONAI Label server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                info = requests.get(f"{url}/info/", timeout=5)
+                if info.status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"MONAI Label server not ready after 180 s:\n{log_path.read_text()[-4000:]}")
+            time.sleep(1)
+        yield {"url": url, "log": log_path}
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=20)
+
+
+def _infer(url: str, path: Path) -> np.ndarray:
+    with open(path, "rb") as f:
+        res = requests.post(f"{url}/infer/{NAME}", params={"output": "image"}, files={"file": f}, timeout=300)
+    assert res.status_code == 200, res.text[:2000]
+    out = path.with_name(f"{path.name.split('.')[0]}_{time.monotonic_ns()}_label.nii.gz")
+    out.write_bytes(res.content)
+    return np.asanyarray(nib.load(out).dataobj)
+
+
+def test_model_pt_holds_whole_network(workspace):
+    """MONAI Label loads ``models/model.pt`` with ``strict=False``: check here that it covers the whole network that
+    the installed inference config builds, so no weight silently stays at its initial value."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    installed = workspace["installed"]
+    parser = ConfigParser()
+    parser.read_config(str(installed / "configs" / "inference.yaml"))
+    parser["bundle_root"] = str(installed)
+    network = parser.get_parsed_content("network_def")
+    state = torch.load(installed / "models" / "model.pt", map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    assert set(state) == set(network.state_dict())
+    network.load_state_dict(state, strict=True)
+
+
+def test_info_lists_model_and_labels(server):
+    info = requests.get(f"{server['url']}/info/", timeout=30).json()
+    model = info["models"][NAME]
+    assert model["type"] == "segmentation"
+    assert model["labels"] == {organ: i for i, organ in enumerate(ORGANS, start=1)}
+    assert model["config"]["model_filename"] == ["model.pt"]
+    assert NAME in info["trainers"]
+    log = server["log"].read_text()
+    assert f"Adding Bundle from Local: {NAME}" in log and "Adding Bundle from NGC" not in log
+
+
+def test_infer_volume(server, tmp_path):
+    image, _ = _ct_volume(5)
+    pred = _infer(server["url"], _save(image, tmp_path / "new_ct.nii.gz"))
+    assert pred.shape == SHAPE
+    assert np.array_equal(pred, np.round(pred)) and set(np.unique(pred)) <= set(range(len(ORGANS) + 1))
+
+
+def test_four_concurrent_infers(server, tmp_path):
+    paths = [_save(_ct_volume(10 + i)[0], tmp_path / f"ct{i}.nii.gz") for i in range(4)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        preds = list(pool.map(lambda p: _infer(server["url"], p), paths))
+    assert [p.shape for p in preds] == [SHAPE] * 4
+    assert all(set(np.unique(p)) <= set(range(len(ORGANS) + 1)) for p in preds)
+
+
+def test_train_one_epoch(server, workspace):
+    model_pt = workspace["installed"] / "models" / "model.pt"
+    before = model_pt.stat().st_mtime_ns
+    request = {"max_epochs": 1, "multi_gpu": False, "val_split": 0.4, "device": "cpu"}
+    res = requests.post(f"{server['url']}/train/{NAME}", json=request, timeout=60)
+    assert res.status_code == 200, res.text[:2000]
+    task_id = res.json()["id"]
+    deadline = time.monotonic() + 240
+    while True:
+        status = requests.get(f"{server['url']}/train/", params={"all": True}, timeout=30).json()
+        task = next(t for t in status if t["id"] == task_id)
+        if task["status"] not in ("SUBMITTED", "RUNNING"):
+            break
+        assert time.monotonic() < deadline, "training did not finish in 240 s"
+        time.sleep(1)
+    details = "\n".join(task.get("details", []))
+    assert task["status"] == "DONE", details[-4000:]
+    assert "Epoch: 1/1" in details and "Training Finished" in details, details[-4000:]
+    assert "Epoch: 2/" not in details
+    assert model_pt.stat().st_mtime_ns > before  # the best-metric checkpoint was rewritten by the run
