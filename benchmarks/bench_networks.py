@@ -28,7 +28,7 @@ from samora_monai.networks import SamoraNet, configure_stage
 def build(name: str, variant: str, img_size: int, num_classes: int) -> tuple[SamoraNet, dict[str, int]]:
     torch.manual_seed(0)
     if name == "samed":
-        net = SamoraNet(num_classes, variant, img_size, levels=("samed",), random_init=True)
+        net = SamoraNet(num_classes, variant, img_size, levels=("samed",), fusion="sum", random_init=True)
         return net, configure_stage(net, "samed", level="samed")
     fusion = {"samora_light": "hl_attn", "samora_full": "hl_attn_spatial"}[name]
     net = SamoraNet(num_classes, variant, img_size, fusion=fusion, random_init=True)

@@ -87,8 +87,8 @@ class SamoraBlock(nn.Module):
         b_q, b_v = (b.unflatten(1, (heads, head_dim)) for b in (b_q, b_v))  # [E, a, d, r]
 
         scores = (q * self.attn.scale) @ k.transpose(-2, -1)  # [n, a, N, N]
-        k_b = torch.einsum("nald,eadr->naerl", k, b_q)  # [n, a, E, r, N]
-        updates = torch.einsum("enmr,naerl->naeml", u_q, k_b) * self.attn.scale  # [n, a, E, N, N]
+        k_b = torch.einsum("nald,eadr->naerl", k, b_q * self.attn.scale)  # [n, a, E, r, N]
+        updates = torch.einsum("enmr,naerl->naeml", u_q, k_b)  # [n, a, E, N, N]
         if self.attn.use_rel_pos:
             size_h, size_w = hw
             rel_h = get_rel_pos(size_h, size_h, self.attn.rel_pos_h)  # [H, H, d]
