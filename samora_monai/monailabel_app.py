@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "INSTALL_OVERRIDES",
     "apply_overrides",
     "bundle_name_from_archive",
     "create_app",
@@ -50,6 +51,10 @@ OFFLINE_ENV: dict[str, str] = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "DO_NOT_TRACK": "1",
 }
+
+# what `monailabel_install` sets in the installed copy unless told otherwise: MONAI Label datastore labels are
+# already class indices (no raw-id mapping), and each /train/ round trains instead of resuming the previous round
+INSTALL_OVERRIDES: dict[str, Any] = {"resume_checkpoint": None, "label_mapping": None}
 
 
 def find_sample_app(name: str = "monaibundle") -> Path:
@@ -203,9 +208,9 @@ def monailabel_install(
     archive: str, workspace: str, app: str = "monaibundle", overrides: Mapping[str, Any] | str | None = None
 ) -> str:
     """Create ``<workspace>/<app>`` from the installed MONAI Label sample app and install ``archive`` into it
-    (``overrides``: config ids to set in the installed copy; on the command line a Python literal such as
-    ``"{'label_mapping': None}"``, python-fire parses it; a JSON string also works from Python); returns the
-    installed bundle folder."""
+    (``overrides``: config ids to set in the installed copy, on top of :data:`INSTALL_OVERRIDES`; on the command
+    line a Python literal such as ``"{'batch_size': 8}"``, python-fire parses it; a JSON string also works from
+    Python); returns the installed bundle folder."""
     if isinstance(overrides, str):
         try:
             overrides = json.loads(overrides)
@@ -214,7 +219,7 @@ def monailabel_install(
     if overrides is not None and not isinstance(overrides, Mapping):
         raise ValueError(f"--overrides must be a JSON object, got {overrides!r}")
     app_dir = create_app(workspace, app)
-    return str(install_bundle(archive, app_dir, overrides))
+    return str(install_bundle(archive, app_dir, {**INSTALL_OVERRIDES, **(overrides or {})}))
 
 
 def monailabel_serve(

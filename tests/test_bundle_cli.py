@@ -102,14 +102,16 @@ def btcv(tmp_path_factory):
 def test_synapse_btcv_trains_and_resumes(btcv):
     work, root, items, datalist, result = btcv
     assert "RANDOM SAM weights" in result.stdout + result.stderr
-    assert (root / "models" / "model.pt").is_file() and (root / "models" / "latest_checkpoint_epoch=1.pt").is_file()
+    # resume state in models/checkpoints/, apart from the model files MONAI Label lists (models/*.pt)
+    assert sorted(p.name for p in (root / "models").glob("*.pt")) == ["model.pt"]
+    assert (root / "models" / "checkpoints" / "latest_checkpoint_epoch=1.pt").is_file()
     assert_model_loads("synapse", root)
     again = bundle_cli("synapse", ["run", "training"], ["train.yaml"],
                        {"bundle_root": str(root), "datalist": datalist, "epochs": 2}, cwd=work)  # fmt: skip
     log = again.stdout + again.stderr
     assert "Restored all variables from" in log and "latest_checkpoint_epoch=1.pt" in log
     assert "Epoch: 2/2, Iter: 1/" in log and "Epoch: 1/2" not in log  # resumed at epoch 2
-    state = torch.load(root / "models" / "latest_checkpoint_epoch=2.pt", weights_only=True)
+    state = torch.load(root / "models" / "checkpoints" / "latest_checkpoint_epoch=2.pt", weights_only=True)
     assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"]
 
 

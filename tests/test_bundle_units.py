@@ -6,6 +6,7 @@ The data writers here are shared with tests/test_bundle_cli.py.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 
 from samora_monai.bundle_utils import as_bool, datalist_section, find_images, load_datalist
 from samora_monai.engines import expert_files, latest_checkpoint, warmup_poly_lr
@@ -231,6 +232,12 @@ def test_check_properties_train_and_infer(bundle, synapse_root):
     run = train.parser["run"]
     assert train.parser["training"] == run and len(run) == 1 and run[0].endswith("trainer.run()")
     assert train.parser.get_parsed_content("train#trainer#max_epochs") == 1
+    iters_per_epoch = len(train.parser.get_parsed_content("train#dataloader"))
+    assert train.parser.get_parsed_content("lr_scheduler#max_iters") == iters_per_epoch
+    # MONAI Label sets train#trainer#max_epochs, not epochs: the LR schedule must follow it
+    longer = _workflow(bundle, ["train.yaml"], "train", **common, **{"train#trainer#max_epochs": 3})
+    longer.initialize()
+    assert longer.parser.get_parsed_content("lr_scheduler#max_iters") == 3 * iters_per_epoch
     infer = _workflow(bundle, ["inference.yaml"], "infer", bundle_root=str(root), input_images=items[0]["image"])
     infer.initialize()
     assert infer.check_properties() == []
@@ -238,6 +245,29 @@ def test_check_properties_train_and_infer(bundle, synapse_root):
     evaluate.initialize()
     assert evaluate.parser["evaluating"] == evaluate.parser["run"]
     assert evaluate.parser["run"][0].endswith("evaluator.run()")
+
+
+@pytest.mark.parametrize("bundle", ["synapse", "la"])
+def test_monailabel_drops_the_prediction_saver(bundle, tmp_path):
+    """MONAI Label's BundleInferTask filters its default ``post_filter`` classes out of ``postprocessing``: our
+    saver must be among them, or every /infer/ request writes a file into the installed bundle."""
+    bundle_task = pytest.importorskip("monailabel.tasks.infer.bundle", reason="MONAI Label extra not installed")
+    task = bundle_task.BundleInferTask
+    post_filter = inspect.signature(task.__init__).parameters["post_filter"].default
+    configs = BUNDLES[bundle] / "configs"
+    for files, post_id in (
+        (["inference.yaml"], "postprocessing"),
+        (["train.yaml", "evaluate.yaml"], "validate#postprocessing"),
+    ):
+        parser = ConfigParser()
+        parser.read_config([str(configs / f) for f in files])
+        parser["bundle_root"] = str(tmp_path)
+        parser["save_predictions"] = True  # evaluate.yaml; samora_la's default is false
+        transforms = list(parser.get_parsed_content(post_id).transforms)
+        names = [type(t).__name__ for t in transforms]
+        assert names == ["Activationsd", "AsDiscreted", "SaveLabelVolumed"], (files, names)
+        kept = task._filter_transforms(None, transforms, post_filter)  # does not use self
+        assert [type(t).__name__ for t in kept] == ["Activationsd", "AsDiscreted"], files
 
 
 def _run_expect_error(workflow: ConfigWorkflow, *fragments: str) -> str:

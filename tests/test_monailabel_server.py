@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from samora_monai import monailabel_app
 from samora_monai.monailabel_app import create_app, install_bundle, offline_env, server_command
 from samora_monai.packaging import package_bundle, read_bundle_version
 
@@ -31,10 +32,10 @@ BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "samora_synapse"
 NAME = "samora_synapse"
 ORGANS = ["spleen", "right kidney", "left kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas"]
 SHAPE = (48, 48, 8)
-# tiny random-init backbone for CPU tests; `label_mapping: null` because MONAI Label labels are already 0..8;
-# `resume_checkpoint: null` so each /train/ round trains instead of resuming the previous round's final epoch
+# tiny random-init backbone for CPU tests, on top of what `monailabel_install` sets by default (`label_mapping: null`
+# because MONAI Label labels are already 0..8; `resume_checkpoint: null` so each /train/ round trains afresh)
 TINY = {"variant": "tiny", "img_size": 64, "random_init": True, "num_workers": 0}
-INSTALL_OVERRIDES = {**TINY, "batch_size": 4, "label_mapping": None, "resume_checkpoint": None}
+INSTALL_OVERRIDES = {**monailabel_app.INSTALL_OVERRIDES, **TINY, "batch_size": 4}
 
 
 def _ct_volume(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -86,6 +87,9 @@ def workspace(tmp_path_factory):
     result = subprocess.run(train, cwd=bundle, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (bundle / "models" / "model.pt").is_file(), result.stderr[-3000:]
+    # resume state goes to models/checkpoints/: MONAI Label offers every models/*.pt as a model file
+    assert sorted(p.name for p in (bundle / "models").glob("*.pt")) == ["model.pt"]
+    assert (bundle / "models" / "checkpoints" / "latest_checkpoint_epoch=1.pt").is_file()
 
     archive = Path(package_bundle(str(bundle), out=str(root / "dist")))
     assert archive.name == f"{NAME}_v{read_bundle_version(BUNDLE)}.zip"
@@ -171,9 +175,17 @@ def test_info_lists_model_and_labels(server):
     assert f"Adding Bundle from Local: {NAME}" in log and "Adding Bundle from NGC" not in log
 
 
-def test_infer_volume(server, tmp_path):
+def _eval_files(workspace) -> set[Path]:
+    eval_dir = workspace["installed"] / "eval"
+    return {p for p in eval_dir.rglob("*") if p.is_file()} if eval_dir.exists() else set()
+
+
+def test_infer_volume(server, workspace, tmp_path):
     image, _ = _ct_volume(5)
+    before = _eval_files(workspace)
     pred = _infer(server["url"], _save(image, tmp_path / "new_ct.nii.gz"))
+    # MONAI Label drops the bundle's saver (a SaveImaged) and returns the label itself: nothing written in the bundle
+    assert _eval_files(workspace) == before
     assert pred.shape == SHAPE
     assert np.array_equal(pred, np.round(pred)) and set(np.unique(pred)) <= set(range(len(ORGANS) + 1))
 
@@ -206,3 +218,6 @@ def test_train_one_epoch(server, workspace):
     assert "Epoch: 1/1" in details and "Training Finished" in details, details[-4000:]
     assert "Epoch: 2/" not in details
     assert model_pt.stat().st_mtime_ns > before  # the best-metric checkpoint was rewritten by the run
+    models = workspace["installed"] / "models"
+    assert sorted(p.name for p in models.glob("*.pt")) == ["model.pt"]  # the only model file MONAI Label lists
+    assert (models / "checkpoints" / "latest_checkpoint_epoch=1.pt").is_file()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, SaveImaged
 
 __all__ = ["SaveLabelVolumed", "atomic_output", "case_name", "prediction_path"]
 
@@ -78,8 +78,12 @@ def _source_path(meta: Mapping) -> str:
     return str(src)
 
 
-class SaveLabelVolumed(MapTransform):
+class SaveLabelVolumed(SaveImaged):
     """Save a channel-first integer label volume ``[1, X, Y, Z]`` as NIfTI, atomically.
+
+    A ``SaveImaged`` by type only, so that tools which drop savers from a bundle's postprocessing recognise it
+    (MONAI Label's ``BundleInferTask`` removes every ``isinstance(t, SaveImaged)`` and returns the label itself);
+    it writes with nibabel through :func:`atomic_output`, not with ``SaveImaged``'s ``SaveImage``.
 
     The affine is the prediction's own (``MetaTensor.affine``, i.e. after ``Invertd`` the input file's affine).
     With ``ref_key`` set, the prediction's shape and affine are checked against the reference image's original
@@ -107,12 +111,15 @@ class SaveLabelVolumed(MapTransform):
         atol: float = 1e-4,
         allow_missing_keys: bool = False,
     ) -> None:
-        super().__init__(keys, allow_missing_keys)
+        MapTransform.__init__(self, keys, allow_missing_keys)  # not SaveImaged's: no SaveImage writer is built
         self.output_dir = Path(output_dir)
         self.output_postfix = output_postfix
         self.ref_key = ref_key
         self.output_dtype = np.dtype(output_dtype)
         self.atol = atol
+
+    def set_options(self, init_kwargs=None, data_kwargs=None, meta_kwargs=None, write_kwargs=None):
+        raise NotImplementedError("SaveLabelVolumed takes its options in the constructor, not set_options")
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
