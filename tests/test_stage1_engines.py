@@ -23,7 +23,7 @@ from samora_monai.engines import (
     SelfSupervisedTrainer,
     StudentLoss,
     expert_modules,
-    latest_resume_checkpoint,
+    latest_checkpoint,
     log_every,
     stage1_student,
     stage1_teacher,
@@ -87,14 +87,14 @@ def test_iteration_level_checkpoints_resume_counters_and_history(tmp_path):
         save_dict = {"expert": expert_modules(net, "pixel"), "optimizer": optimizer, "summary": writer}
         handlers = [writer, ResumeCheckpointSaver(str(tmp_path), save_dict, file_prefix="latest", save_interval=1,
                                                   epoch_level=False, n_saved=1)]
-        resume = latest_resume_checkpoint(tmp_path)
+        resume = latest_checkpoint(tmp_path)
         if resume is not None:
             handlers.insert(0, ResumeCheckpointLoader(resume, dict(save_dict)))
         return SelfSupervisedTrainer("cpu", max_epochs, loader, net, optimizer, loss, train_handlers=handlers), net
 
     first, _ = trainer(1)
     first.run()
-    assert latest_resume_checkpoint(tmp_path).endswith("latest_checkpoint_iteration=2.pt")
+    assert latest_checkpoint(tmp_path).endswith("latest_checkpoint_iteration=2.pt")
     second, net = trainer(2)
     second.run()
     assert second.state.iteration == 4
@@ -138,13 +138,13 @@ def test_warmup_lr_poly_and_cosine():
         warmup_lr(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 10, schedule="step")
 
 
-def test_latest_resume_checkpoint_and_log_filter(tmp_path):
-    assert latest_resume_checkpoint(tmp_path) is None
+def test_latest_checkpoint_and_log_filter(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
     (tmp_path / "latest_checkpoint_epoch=3.pt").write_bytes(b"")
     (tmp_path / "final_checkpoint.pt").write_bytes(b"")
     time.sleep(0.01)
     (tmp_path / "latest_checkpoint_iteration=40.pt").write_bytes(b"")
-    assert latest_resume_checkpoint(tmp_path).endswith("latest_checkpoint_iteration=40.pt")
+    assert latest_checkpoint(tmp_path).endswith("latest_checkpoint_iteration=40.pt")
     keep = log_every(10)
     assert [i for i in range(1, 31) if keep(None, i)] == [1, 10, 20, 30]
 

@@ -16,12 +16,9 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
-import math
 import os
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -31,13 +28,11 @@ from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
-from monai.utils import look_up_option
 from torch import nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
 
 from samora_monai.data import UnlabeledSliceDataset
-from samora_monai.engines.stage2 import warmup_poly_lr
+from samora_monai.engines.stage2 import warmup_lr
 from samora_monai.networks import SamoraNet, configure_stage, save_expert
 from samora_monai.teachers import TEACHERS, build_teacher, save_teacher
 
@@ -49,18 +44,15 @@ __all__ = [
     "TeacherWriter",
     "engine_loss",
     "expert_modules",
-    "latest_resume_checkpoint",
     "log_every",
     "stage1_student",
     "stage1_teacher",
     "unlabeled_dataset",
-    "warmup_lr",
+    "warmup_lr",  # re-exported from stage2 for the pretrain configs
 ]
 
 logger = logging.getLogger(__name__)
 
-LR_SCHEDULES = ("poly", "cosine")
-_RESUME = re.compile(r"_(epoch|iteration)=(\d+)\.pt$")
 PREPARE_HINT = (
     "create it with `python -m samora_monai prepare_unlabeled --output_dir <bundle>/data/unlabeled "
     "--glob '<volumes>/*.nii.gz' --modality <ct|mr> --spatial_size <img_size>` (or pass --unlabeled_datalist)"
@@ -258,41 +250,6 @@ def expert_modules(network: SamoraNet, level: str) -> nn.ModuleList:
     return nn.ModuleList(experts)
 
 
-def warmup_lr(
-    optimizer: Optimizer,
-    max_iters: int,
-    warmup_iters: int = 25,
-    schedule: str = "poly",
-    power: float = 0.9,
-) -> LambdaLR:
-    """Per-iteration LR factor: linear warmup over ``warmup_iters``, then ``"poly"`` (``power``, see
-    :func:`~samora_monai.engines.warmup_poly_lr`) or ``"cosine"`` decay to 0 at ``max_iters``. Step it with
-    ``LrScheduleHandler(epoch_level=False)``."""
-    schedule = look_up_option(schedule, LR_SCHEDULES)
-    if schedule == "poly":
-        return warmup_poly_lr(optimizer, max_iters, warmup_iters, power)
-    if max_iters < 1:
-        raise ValueError(f"max_iters must be >= 1, got {max_iters}")
-    warmup_iters = max(0, min(int(warmup_iters), int(max_iters) - 1))
-
-    def factor(it: int) -> float:
-        if it < warmup_iters:
-            return (it + 1) / warmup_iters
-        progress = min(1.0, (it - warmup_iters) / max(1, max_iters - warmup_iters))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return LambdaLR(optimizer, factor)
-
-
-def latest_resume_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "latest") -> str | None:
-    """The most recently written ``<prefix>_checkpoint_epoch=N.pt`` / ``..._iteration=N.pt`` in ``ckpt_dir``
-    (what ``CheckpointSaver(file_prefix=prefix, save_interval=...)`` writes), or None."""
-    files = [f for f in glob.glob(os.path.join(os.fspath(ckpt_dir), f"{prefix}_*.pt")) if _RESUME.search(f)]
-    if not files:
-        return None
-    path = max(files, key=lambda f: (os.path.getmtime(f), int(_RESUME.search(f).group(2))))
-    logger.info("resuming from %s", path)
-    return path
 
 
 class _DeliverableWriter:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.utils import look_up_option
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -38,13 +40,16 @@ __all__ = [
     "latest_checkpoint",
     "stage2_network",
     "trainable_parameters",
+    "warmup_lr",
     "warmup_poly_lr",
 ]
 
 logger = logging.getLogger(__name__)
 
-_EPOCH = re.compile(r"epoch=(\d+)")
+_RESUME = re.compile(r"_(epoch|iteration)=(\d+)\.pt$")
 
+
+LR_SCHEDULES = ("poly", "cosine")
 
 def stage2_network(net: SamoraNet, device: torch.device | str = "cpu") -> SamoraNet:
     """Apply ``configure_stage(net, "stage2")`` (only HL-Attn and the mask decoder train) and move to ``device``."""
@@ -60,11 +65,15 @@ def trainable_parameters(net: nn.Module) -> list[nn.Parameter]:
     return params
 
 
-def warmup_poly_lr(optimizer: Optimizer, max_iters: int, warmup_iters: int = 25, power: float = 0.9) -> LambdaLR:
-    """Per-iteration schedule: ``lr = base * (it + 1) / warmup_iters`` for ``it < warmup_iters``, then
-    ``base * (1 - (it - warmup_iters) / (max_iters - warmup_iters)) ** power`` (SAMora/SAMed, with the warmup
-    subtracted from the decay span). Step it once per iteration (``LrScheduleHandler(epoch_level=False)``).
+def warmup_lr(
+    optimizer: Optimizer, max_iters: int, warmup_iters: int = 25, schedule: str = "poly", power: float = 0.9
+) -> LambdaLR:
+    """Per-iteration schedule: ``lr = base * (it + 1) / warmup_iters`` for ``it < warmup_iters``, then a decay to 0
+    at ``max_iters``, ``"poly"``: ``base * (1 - t) ** power`` (SAMora/SAMed, with the warmup subtracted from the
+    decay span) or ``"cosine"``: ``base * (1 + cos(pi t)) / 2``, ``t = (it - warmup_iters) / (max_iters -
+    warmup_iters)``. Step it once per iteration (``LrScheduleHandler(epoch_level=False)``).
     """
+    schedule = look_up_option(schedule, LR_SCHEDULES)
     if max_iters < 1:
         raise ValueError(f"max_iters must be >= 1, got {max_iters}")
     warmup_iters = max(0, min(int(warmup_iters), int(max_iters) - 1))
@@ -72,9 +81,17 @@ def warmup_poly_lr(optimizer: Optimizer, max_iters: int, warmup_iters: int = 25,
     def factor(it: int) -> float:
         if it < warmup_iters:
             return (it + 1) / warmup_iters
-        return max(0.0, 1.0 - (it - warmup_iters) / (max_iters - warmup_iters)) ** power
+        progress = min(1.0, (it - warmup_iters) / (max_iters - warmup_iters))
+        if schedule == "poly":
+            return (1.0 - progress) ** power
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return LambdaLR(optimizer, factor)
+
+
+def warmup_poly_lr(optimizer: Optimizer, max_iters: int, warmup_iters: int = 25, power: float = 0.9) -> LambdaLR:
+    """:func:`warmup_lr` with the poly decay (the stage-2 default)."""
+    return warmup_lr(optimizer, max_iters, warmup_iters, "poly", power)
 
 
 def expert_files(folder: str | os.PathLike, levels: Sequence[str] = DEFAULT_LEVELS) -> dict[str, str]:
@@ -90,12 +107,12 @@ def expert_files(folder: str | os.PathLike, levels: Sequence[str] = DEFAULT_LEVE
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "latest") -> str | None:
-    """The newest ``<prefix>_checkpoint_epoch=N.pt`` in ``ckpt_dir`` (highest N), or None."""
-    files = glob.glob(os.path.join(ckpt_dir, f"{prefix}_*epoch=*.pt"))
-    epochs = {f: int(m.group(1)) for f in files if (m := _EPOCH.search(os.path.basename(f)))}
-    if not epochs:
+    """The ``<prefix>_checkpoint_epoch=N.pt`` / ``..._iteration=N.pt`` in ``ckpt_dir`` with the highest N (the newest
+    on a tie), i.e. what ``CheckpointSaver(file_prefix=prefix, save_interval=...)`` wrote last, or None."""
+    files = [f for f in glob.glob(os.path.join(os.fspath(ckpt_dir), f"{prefix}_*.pt")) if _RESUME.search(f)]
+    if not files:
         return None
-    path = max(epochs, key=epochs.get)
+    path = max(files, key=lambda f: (int(_RESUME.search(f).group(2)), os.path.getmtime(f)))
     logger.info("resuming from %s", path)
     return path
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
-from collections.abc import Hashable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 
 import nibabel as nib
@@ -27,28 +25,13 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, SaveImaged
 
+from samora_monai.utils import atomic_output
+
 __all__ = ["SaveLabelVolumed", "atomic_output", "case_name", "prediction_path"]
 
 logger = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-
-
-@contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; rename it onto ``path`` when the block succeeds.
-
-    The temporary name ends with the target's name, so writers that pick the format from the extension
-    (nibabel's ``.nii.gz``) behave the same. On an exception the temporary file is deleted and re-raised.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:12]}-{path.name}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def case_name(path: str | os.PathLike) -> str:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from samora_monai.networks.samora_net import SamoraNet
+from samora_monai.utils import atomic_output
 
 __all__ = ["EXPERT_FORMAT", "expert_state_dict", "save_expert", "load_expert", "read_expert_file"]
 
@@ -39,16 +39,8 @@ def save_expert(net: SamoraNet, level: str, path: str, summary: Mapping[str, Any
         "summary": dict(summary or {}),
         "state_dict": expert_state_dict(net, level),
     }
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         torch.save(record, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from typing import Any
 
@@ -13,6 +12,7 @@ from torch import nn
 
 from samora_monai.teachers.contrastive import ContrastiveTeacher
 from samora_monai.teachers.mae import MAETeacher
+from samora_monai.utils import atomic_output
 
 __all__ = [
     "TEACHERS",
@@ -61,16 +61,8 @@ def save_teacher(teacher: nn.Module, path: str | os.PathLike, summary: dict[str,
         "summary": dict(summary or {}),
         "state_dict": {k: v.detach().cpu() for k, v in teacher.state_dict().items()},
     }
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_teacher_", suffix=".pt")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         torch.save(record, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 
