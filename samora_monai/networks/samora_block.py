@@ -20,9 +20,11 @@ class SamoraBlock(nn.Module):
     Modes (set with :meth:`set_mode`):
         - ``"plain"``: the frozen SAM block.
         - ``"expert"``: one active expert's q/v deltas are added (stage 1, or a SAMed-style single LoRA).
-        - ``"fused"``: stage 2. The qkv projection runs once; the base and every expert's attention cores run
-          as one batched scaled-dot-product call; the experts' residuals (before the output projection) are
-          fused by ``fusion`` and the output projection is applied once to ``base + fused``.
+        - ``"fused"``: stage 2. The qkv projection runs once; the experts enter the attention as rank-r score
+          and value updates and the base and expert attention probabilities come from one softmax
+          (:meth:`_fused_attend`); the experts' residuals (before the output projection) are fused by ``fusion``
+          and the output projection is applied once to ``base + fused``. Plain and expert modes use
+          ``scaled_dot_product_attention`` with the relative-position bias as its mask.
 
     Args:
         block: the SAM block whose ``norm1``, ``attn``, ``norm2`` and ``mlp`` are adopted.
