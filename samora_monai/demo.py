@@ -22,18 +22,17 @@ import ast
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from samora_monai.stage1_pipeline import LEVELS, bundle_command, pipeline_env, run_logged, run_stage1
+
 __all__ = ["DemoSettings", "demo_settings", "run_demo"]
 
 BUNDLE_NAME = "samora_synapse"
 _OWNED = ("data", "bundle", "predictions", "evaluation", "baseline", "logs")  # replaced on every run
-LEVELS = ("image", "patch", "pixel")
 
 
 @dataclass
@@ -132,20 +131,7 @@ class _Runner:
         self.header(name, title)
         log = self.logs / f"{name}.log"
         start = time.perf_counter()
-        threads = str(self.num_threads)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": _pythonpath(), "OMP_NUM_THREADS": threads,
-               "MKL_NUM_THREADS": threads}
-        with open(log, "wb") as f:
-            f.write((" ".join(cmd) + "\n").encode())
-            print("$ " + " ".join(cmd), flush=True)
-            proc = subprocess.Popen(cmd, cwd=self.out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            assert proc.stdout is not None
-            while chunk := os.read(proc.stdout.fileno(), 65536):
-                f.write(chunk)
-                f.flush()
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.buffer.flush()
-            code = proc.wait()
+        code = run_logged(cmd, log, self.out, pipeline_env(self.num_threads))
         if code != 0:
             raise DemoStepError(f"demo step [{self.index}/{self.total}] {title!r} failed (exit code {code}); "
                              f"its full output is in {log}")
@@ -155,17 +141,6 @@ class _Runner:
                              f"{missing}; see {log}")
         self.done(name, time.perf_counter() - start)
         return log
-
-
-def _pythonpath() -> str:
-    root = str(Path(__file__).resolve().parents[1])
-    return os.pathsep.join([root, os.environ["PYTHONPATH"]]) if os.environ.get("PYTHONPATH") else root
-
-
-def _bundle_cmd(workflow: str, configs: Sequence[Path], bundle_root: Path, overrides: Sequence[str]) -> list[str]:
-    config_arg = str(configs[0]) if len(configs) == 1 else repr([str(c) for c in configs])
-    return [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", config_arg,
-            "--bundle_root", str(bundle_root), *overrides]
 
 
 def _write_split(data_dir: Path, phantom: dict) -> tuple[Path, list[dict]]:
@@ -318,30 +293,21 @@ def run_demo(
 
     # ---- stage 1
     common = ["--img_size", str(settings.img_size), "--num_workers", "0", "--log_interval", "1"]
-    stage1 = ["--batch_size", str(settings.batch_size), "--unlabeled_datalist", unlabeled, *common]
-    for level, kind in (("image", "ResNet contrastive (SimCLR)"), ("patch", "masked auto-encoder")):
-        runner.command(
-            f"teacher_{level}", f"stage 1: {level}-level teacher, {kind}",
-            _bundle_cmd("training", [configs / f"pretrain_teacher_{level}.yaml"], bundle_root,
-                        [*stage1, "--epochs", str(settings.teacher_epochs),
-                         *settings.teacher_overrides.get(level, [])]),
-            expect=[models / "teachers" / f"{level}.pt"],
-        )
-    for level in LEVELS:
-        runner.command(
-            f"expert_{level}", f"stage 1: {level} expert (LoRA on the frozen SAM encoder)",
-            _bundle_cmd("training", [configs / f"pretrain_{level}.yaml"], bundle_root,
-                        [*stage1, "--epochs", str(settings.expert_epochs), *settings.backbone,
-                         *settings.head_overrides.get(level, [])]),
-            expect=[models / "experts" / f"{level}.pt"],
-        )
+    run_stage1(
+        configs, bundle_root, unlabeled, overrides=["--batch_size", str(settings.batch_size), *common],
+        teacher_overrides={lv: ["--epochs", str(settings.teacher_epochs), *settings.teacher_overrides.get(lv, [])]
+                           for lv in ("image", "patch")},
+        expert_overrides={lv: ["--epochs", str(settings.expert_epochs), *settings.backbone,
+                               *settings.head_overrides.get(lv, [])] for lv in LEVELS},
+        run_step=runner.command,
+    )
 
     # ---- stage 2, inference, evaluation
     stage2 = ["--datalist", str(datalist), *settings.backbone, "--img_size", str(settings.img_size),
               "--num_workers", "0"]
     runner.command(
         "finetune", f"stage 2: fine-tuning HL-Attn + decoder on {settings.num_train} labelled volumes",
-        _bundle_cmd("training", [configs / "train.yaml"], bundle_root,
+        bundle_command("training", [configs / "train.yaml"], bundle_root,
                     [*stage2, "--epochs", str(settings.finetune_epochs), "--val_interval",
                      str(max(1, settings.finetune_epochs // 4)), "--batch_size", str(settings.finetune_batch_size),
                      "--learning_rate", str(settings.learning_rate)]),
@@ -350,7 +316,7 @@ def run_demo(
     predictions = out_dir / "predictions"
     runner.command(
         "inference", f"inference on the {len(held_out_images)} held-out cases",
-        [*_bundle_cmd("run", [configs / "inference.yaml"], bundle_root,
+        [*bundle_command("run", [configs / "inference.yaml"], bundle_root,
                       [*settings.backbone, "--img_size", str(settings.img_size), "--num_workers", "0"]),
          "--input_images", repr(held_out_images), "--output_dir", str(predictions)],
         expect=[predictions / f"{Path(p).name.split('.')[0]}_seg.nii.gz" for p in held_out_images],
@@ -359,7 +325,7 @@ def run_demo(
     eval_files = [evaluation / f"metrics_{m}.{e}" for m in ("transunet", "monai") for e in ("json", "csv")]
     runner.command(
         "evaluate", "evaluation of the fine-tuned model on the held-out cases (Dice, HD95; both metric modes)",
-        _bundle_cmd("evaluating", [configs / "train.yaml", configs / "evaluate.yaml"], bundle_root,
+        bundle_command("evaluating", [configs / "train.yaml", configs / "evaluate.yaml"], bundle_root,
                     [*stage2, "--output_dir", str(evaluation), "--save_predictions", "False"]),
         expect=eval_files,
     )
@@ -374,7 +340,7 @@ def run_demo(
     runner.done("baseline_model", time.perf_counter() - t)
     runner.command(
         "baseline_evaluate", "baseline: evaluation on the same held-out cases",
-        _bundle_cmd("evaluating", [configs / "train.yaml", configs / "evaluate.yaml"], bundle_root,
+        bundle_command("evaluating", [configs / "train.yaml", configs / "evaluate.yaml"], bundle_root,
                     [*stage2, "--output_dir", str(baseline_eval), "--save_predictions", "False",
                      "--checkpoint", str(baseline_model)]),
         expect=[baseline_eval / "metrics_transunet.json"],

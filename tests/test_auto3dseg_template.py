@@ -118,12 +118,11 @@ def offline_python(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
 
-@pytest.mark.slow
-def test_bundlegen_train_score_ensemble(tmp_path, offline_python):
-    from monai.apps.auto3dseg import AlgoEnsembleBestN, AlgoEnsembleBuilder, BundleGen, DataAnalyzer
+def _generate(tmp_path, input_yaml) -> list[dict]:
+    """DataAnalyzer + BundleGen of the samora template for one fold; returns the BundleGen history."""
+    from monai.apps.auto3dseg import BundleGen, DataAnalyzer
     from monai.bundle import ConfigParser
 
-    input_yaml, test_image = _make_data(tmp_path)
     src = ConfigParser.load_config_file(input_yaml)
     work = tmp_path / "work"
     work.mkdir()
@@ -138,7 +137,16 @@ def test_bundlegen_train_score_ensemble(tmp_path, offline_python):
         data_src_cfg_name=input_yaml,
     )
     gen.generate(str(work), num_fold=1)
-    history = gen.get_history()
+    return gen.get_history()
+
+
+@pytest.mark.slow
+def test_bundlegen_train_score_ensemble(tmp_path, offline_python):
+    from monai.apps.auto3dseg import AlgoEnsembleBestN, AlgoEnsembleBuilder
+    from monai.bundle import ConfigParser
+
+    input_yaml, test_image = _make_data(tmp_path)
+    history = _generate(tmp_path, input_yaml)
     assert len(history) == 1
     algo = history[0]["algo_instance"]
     assert history[0]["identifier"] == "samora_0" and type(algo).__name__ == "SamoraAlgo"
@@ -232,8 +240,64 @@ def test_load_config_overrides_persist_and_errors(tmp_path):
     assert saved["variant"] == "tiny" and saved["fold"] == 2 and "no_such_key" not in saved
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         load_config(str(tmp_path / "missing.yaml"))
-    _check_ssl({"ssl": "skip"})
-    with pytest.raises(NotImplementedError, match="expert_dir"):
-        _check_ssl({"ssl": "run"})
+    assert _check_ssl({"ssl": "skip"}) == "skip" and _check_ssl({"ssl": "RUN"}) == "run"
     with pytest.raises(ValueError, match="ssl"):
         _check_ssl({"ssl": "maybe"})
+
+
+def test_ssl_settings_errors(tmp_path):
+    from samora_monai.auto3dseg.workflow import DEFAULT_SSL_BUNDLE, _ssl_configs, _ssl_overrides
+
+    assert _ssl_configs({"ssl_bundle": None}) == DEFAULT_SSL_BUNDLE / "configs"
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        _ssl_configs({"ssl_bundle": str(tmp_path)})
+    assert _ssl_overrides({"ssl_overrides": {"all": ["--log_interval", 1]}}) == {"all": ["--log_interval", "1"]}
+    with pytest.raises(ValueError, match="teacher_pixel"):
+        _ssl_overrides({"ssl_overrides": {"teacher_pixel": []}})
+
+
+# tiny stage-1 teachers and heads, as the quick demo uses them
+SSL_OVERRIDES = {
+    "all": ["--log_interval", "1"],
+    "teacher_image": ["--network_def#arch", "resnet18", "--network_def#proj_hidden_dim", "32",
+                      "--network_def#proj_dim", "16"],
+    "teacher_patch": ["--network_def#hidden_size", "32", "--network_def#mlp_dim", "64", "--network_def#num_layers",
+                      "1", "--network_def#num_heads", "2", "--network_def#decoder_hidden_size", "32",
+                      "--network_def#decoder_mlp_dim", "64", "--network_def#decoder_num_layers", "1",
+                      "--network_def#decoder_num_heads", "2"],
+    "expert_image": ["--head#hidden_dim", "32"],
+    "expert_patch": ["--head#hidden_dim", "32"],
+    "expert_pixel": ["--head#channels", "[16,8,8,8]"],
+}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_bundlegen_train_with_ssl_run(tmp_path, offline_python):
+    from samora_monai.networks.expert_io import read_expert_file
+
+    # ssl_overrides (a dict) goes through the input config: Auto3DSeg refuses dict-valued training parameters
+    input_yaml, _ = _make_data(tmp_path, samora={"ssl_overrides": SSL_OVERRIDES})
+    datalist = tmp_path / "datalist.json"
+    items = json.loads(datalist.read_text())
+    image, _ = create_test_image_3d(*SHAPE, num_objs=4, rad_max=3, rad_min=2, random_state=np.random.RandomState(5))
+    nib.save(nib.Nifti1Image(image.astype(np.float32) * 400 - 100, np.diag([*SPACING, 1.0])),
+             str(tmp_path / "data" / "img5.nii.gz"))  # fmt: skip
+    # an unlabeled volume, and a validation case of fold 0 listed as unlabeled too (it must stay out of stage 1)
+    items["unlabeled"] = [{"image": "img5.nii.gz"}, {"image": "img0.nii.gz"}]
+    datalist.write_text(json.dumps(items))
+    algo = _generate(tmp_path, input_yaml)[0]["algo_instance"]
+
+    algo.train(train_params={**TRAIN_PARAMS, "ssl": "run", "ssl_epochs": 1})
+    ssl = os.path.join(algo.get_output_path(), "model_fold0", "ssl")
+    with open(os.path.join(ssl, "data", "unlabeled", "unlabeled_datalist.json")) as f:
+        sources = sorted(os.path.basename(item["source"]) for item in json.load(f)["training"])
+    # fold 0: img0/img1 validate, img2-img4 train, img4 is also the testing case
+    assert sources == ["img2.nii.gz", "img3.nii.gz", "img5.nii.gz"]
+    for level in ("image", "patch", "pixel"):
+        record = read_expert_file(os.path.join(ssl, "models", "experts", f"{level}.pt"))
+        assert (record["level"], record["variant"], record["img_size"]) == (level, "tiny", 32)
+    for level in ("image", "patch"):
+        assert os.path.isfile(os.path.join(ssl, "models", "teachers", f"{level}.pt"))
+    assert 0.0 <= algo.get_score() <= 1.0
+    with open(os.path.join(algo.get_output_path(), "configs", "hyper_parameters.yaml")) as f:
+        assert yaml.safe_load(f)["ssl"] == "run"

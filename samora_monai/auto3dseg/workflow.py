@@ -14,6 +14,7 @@ import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,11 +29,13 @@ from monai.transforms import Activationsd, AsDiscreted, Compose, Transposed
 from monai.utils import set_determinism
 
 from samora_monai.bundle_utils import as_bool
-from samora_monai.data import VolumeSliceDataset, slice_augmentations, volume_transforms
+from samora_monai.data import VolumeSliceDataset, prepare_unlabeled, slice_augmentations, volume_transforms
+from samora_monai.data.datalists import write_datalist
 from samora_monai.engines import expert_files, stage2_network, trainable_parameters, warmup_poly_lr
 from samora_monai.inferers import ResizedSliceInferer, SaveLabelVolumed
 from samora_monai.losses import segmentation_loss
 from samora_monai.networks import SamoraNet
+from samora_monai.stage1_pipeline import LEVELS, STAGE1_STEPS, run_stage1
 
 __all__ = [
     "HYPER_PARAMETERS",
@@ -40,6 +43,7 @@ __all__ = [
     "append_progress",
     "build_network",
     "load_config",
+    "run_ssl",
     "train",
     "validate",
 ]
@@ -48,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 HYPER_PARAMETERS = "hyper_parameters.yaml"
 SSL_MODES = ("skip", "run")
+# the samora_synapse bundle of a source checkout (the package sits next to bundles/)
+DEFAULT_SSL_BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "samora_synapse"
 
 
 def _atomic_yaml(obj: Any, path: str) -> None:
@@ -212,26 +218,125 @@ def _save_state(network: torch.nn.Module, path: str) -> None:
             os.remove(tmp)
 
 
-def _check_ssl(cfg: Mapping) -> None:
+def _check_ssl(cfg: Mapping) -> str:
     mode = str(cfg.get("ssl", "skip")).lower()
     if mode not in SSL_MODES:
         raise ValueError(f"ssl must be one of {SSL_MODES}, got {mode!r}")
-    if mode == "run":
-        raise NotImplementedError(
-            "ssl='run' is not wired into the samora Auto3DSeg algorithm yet: train the stage-1 experts with the "
-            "bundle's stage-1 workflows (samora_monai.engines.stage1) and pass their folder as expert_dir, "
-            "or keep ssl='skip'"
+    return mode
+
+
+def _ssl_configs(cfg: Mapping) -> Path:
+    """The folder of the stage-1 ``pretrain_*.yaml`` configs: ``<ssl_bundle>/configs`` (or ``ssl_bundle`` itself)."""
+    bundle = cfg.get("ssl_bundle")
+    if not bundle:
+        if not (DEFAULT_SSL_BUNDLE / "configs" / "pretrain_image.yaml").is_file():
+            raise FileNotFoundError(
+                f"ssl='run' needs the stage-1 bundle configs and the default {DEFAULT_SSL_BUNDLE} does not exist "
+                "(samora_monai is not run from a source checkout): set ssl_bundle to a bundle folder with "
+                "configs/pretrain_teacher_{image,patch}.yaml and configs/pretrain_{image,patch,pixel}.yaml"
+            )
+        bundle = DEFAULT_SSL_BUNDLE
+    bundle = Path(bundle)
+    configs = bundle / "configs" if (bundle / "configs").is_dir() else bundle
+    if not (configs / "pretrain_image.yaml").is_file():
+        raise FileNotFoundError(f"ssl_bundle {bundle}: no pretrain_*.yaml configs in {configs}")
+    return configs
+
+
+def _datalist_images(datalist: str, base_dir: str | None, key: str) -> list[str]:
+    """``image`` paths of section ``key`` of ``datalist`` joined to ``base_dir`` as ``datafold_read`` does (none
+    when the section is absent)."""
+    items = ConfigParser.load_config_file(datalist).get(key) or []
+    return [os.path.join(base_dir, item["image"]) if base_dir else item["image"] for item in items]
+
+
+def _case_names(paths: Sequence[str]) -> dict[str, str]:
+    """Path -> case name: the file name without its suffixes, or the folder when those repeat (LA
+    ``<ID>/mri_norm2.h5``)."""
+    unique = set(paths)
+    stems = {p: Path(p).name.split(".")[0] for p in unique}
+    if len(set(stems.values())) < len(unique):
+        return {p: Path(p).parent.name for p in unique}
+    return stems
+
+
+def _ssl_overrides(cfg: Mapping) -> dict[str, list[str]]:
+    """``ssl_overrides``: bundle CLI arguments per stage-1 step name (or ``all``), e.g.
+    ``{"teacher_image": ["--network_def#arch", "resnet18"]}``."""
+    raw = dict(cfg.get("ssl_overrides") or {})
+    known = {"all", *(step[0] for step in STAGE1_STEPS)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"ssl_overrides: unknown step(s) {unknown}; use {sorted(known)}")
+    return {k: [str(a) for a in v] for k, v in raw.items()}
+
+
+def run_ssl(cfg: Mapping, train_files: Sequence[dict], val_files: Sequence[dict]) -> str:
+    """SAMora stage 1 for one fold; returns the folder of the expert files ``image.pt``/``patch.pt``/``pixel.pt``.
+
+    The unlabeled pool is the fold's training images plus the datalist's ``unlabeled`` items, less any case of the
+    fold's validation images or the ``testing`` items (also passed to the leakage guard of
+    :func:`~samora_monai.data.prepare_unlabeled`). Slices are cut at the algorithm's ``img_size`` and intensity
+    settings under ``<ckpt_path>/ssl/data/unlabeled``; teachers and experts are trained by
+    :func:`~samora_monai.stage1_pipeline.run_stage1` with the configs of ``ssl_bundle`` into ``<ckpt_path>/ssl/models``
+    (step logs in ``<ckpt_path>/ssl/logs``).
+    """
+    if int(cfg["slice_axis"]) != 2:
+        raise ValueError(
+            f"ssl='run' cuts stage-1 slices along the last axis but slice_axis={cfg['slice_axis']}; train the experts "
+            "separately (prepare_unlabeled + the bundle's pretrain workflows) and set expert_dir"
         )
+    configs = _ssl_configs(cfg)
+    datalist, base = cfg["data_list_file_path"], cfg["data_file_base_dir"]
+    held_out = [f["image"] for f in val_files] + _datalist_images(datalist, base, "testing")
+    pool = [f["image"] for f in train_files] + _datalist_images(datalist, base, "unlabeled")
+    names = _case_names([*pool, *held_out])
+    excluded = sorted({names[p] for p in held_out})
+    kept = [p for p in dict.fromkeys(pool) if names[p] not in excluded]
+    dropped = sorted({names[p] for p in pool} & set(excluded))
+    if dropped:
+        logger.warning("stage 1: leaving out %s (validation or testing cases of fold %s)", dropped, cfg["fold"])
+    if not kept:
+        raise ValueError(f"{datalist}: no image of fold {cfg['fold']} is left for stage 1 after the exclusions")
+
+    out = Path(cfg["ckpt_path"]) / "ssl"
+    pool_file = write_datalist({"training": [{"image": p} for p in kept]}, out / "ssl_pool.json")
+    img_size, modality = int(cfg["img_size"]), str(cfg["modality"])
+    slices = prepare_unlabeled(
+        str(out / "data" / "unlabeled"), datalist=str(pool_file), modality=modality, spatial_size=img_size,
+        exclude=excluded, window=cfg["intensity_window"], percentiles=cfg["percentiles"],
+    )  # fmt: skip
+
+    random_init = as_bool(cfg["random_init"])
+    backbone = ["--variant", str(cfg["variant"]), "--lora_rank", str(cfg["lora_rank"]),
+                "--random_init", str(random_init).lower()]  # fmt: skip
+    if not random_init:
+        if not cfg.get("sam_checkpoint"):
+            raise ValueError("ssl='run' needs sam_checkpoint (a local SAM checkpoint) unless random_init is true")
+        backbone += ["--sam_checkpoint", os.path.abspath(str(cfg["sam_checkpoint"]))]
+    extra = _ssl_overrides(cfg)
+    common = ["--img_size", str(img_size), "--modality", modality, "--epochs", str(int(cfg["ssl_epochs"])),
+              "--batch_size", str(int(cfg["num_images_per_batch"])), "--num_workers", str(int(cfg["num_workers"])),
+              *extra.get("all", [])]  # fmt: skip
+    written = run_stage1(
+        configs, out, slices, overrides=common,
+        teacher_overrides={lv: extra.get(f"teacher_{lv}", []) for lv in ("image", "patch")},
+        expert_overrides={lv: [*backbone, *extra.get(f"expert_{lv}", [])] for lv in LEVELS},
+    )  # fmt: skip
+    logger.info("stage-1 experts of fold %s: %s", cfg["fold"], {lv: written[f"expert_{lv}"] for lv in LEVELS})
+    return os.path.dirname(written["expert_image"])
 
 
 def train(cfg: Mapping) -> dict[str, Any]:
     """Train one fold; returns ``{"best_avg_dice_score", "best_avg_dice_score_epoch", ...}``."""
-    set_determinism(seed=int(cfg["seed"]))
-    _check_ssl(cfg)
-    device = _device(cfg)
+    ssl = _check_ssl(cfg)
     ckpt_path = cfg["ckpt_path"]
     os.makedirs(ckpt_path, exist_ok=True)
     train_files, val_files = _fold_files(cfg)
+    if ssl == "run":
+        cfg = {**cfg, "expert_dir": run_ssl(cfg, train_files, val_files)}
+    set_determinism(seed=int(cfg["seed"]))
+    device = _device(cfg)
     logger.info("fold %s: %d training, %d validation volumes", cfg["fold"], len(train_files), len(val_files))
 
     network = build_network(cfg, device, stage2=True)
