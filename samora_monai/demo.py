@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from samora_monai.stage1_pipeline import LEVELS, bundle_command, pipeline_env, run_logged, run_stage1
+from samora_monai.stage1_pipeline import LEVELS, bundle_command, pipeline_env, run_checked, run_stage1
 
 __all__ = ["DemoSettings", "demo_settings", "run_demo"]
 
@@ -131,14 +131,8 @@ class _Runner:
         self.header(name, title)
         log = self.logs / f"{name}.log"
         start = time.perf_counter()
-        code = run_logged(cmd, log, self.out, pipeline_env(self.num_threads))
-        if code != 0:
-            raise DemoStepError(f"demo step [{self.index}/{self.total}] {title!r} failed (exit code {code}); "
-                             f"its full output is in {log}")
-        missing = [str(p) for p in expect if not p.exists()]
-        if missing:
-            raise DemoStepError(f"demo step [{self.index}/{self.total}] {title!r} finished but did not write "
-                             f"{missing}; see {log}")
+        label = f"demo step [{self.index}/{self.total}] {title!r}"
+        run_checked(label, cmd, log, self.out, pipeline_env(self.num_threads), expect, DemoStepError)
         self.done(name, time.perf_counter() - start)
         return log
 

@@ -68,6 +68,25 @@ def run_logged(cmd: Sequence[str], log: Path, cwd: Path, env: Mapping[str, str])
         return proc.wait()
 
 
+def run_checked(
+    label: str,
+    cmd: Sequence[str],
+    log: Path,
+    cwd: Path,
+    env: Mapping[str, str],
+    expect: Sequence[Path] = (),
+    error: type[Exception] = Stage1Error,
+) -> None:
+    """:func:`run_logged`, then raise ``error`` naming ``label`` and the log when the command fails or a file of
+    ``expect`` is missing."""
+    code = run_logged(cmd, log, cwd, env)
+    if code != 0:
+        raise error(f"{label} failed (exit code {code}); its full output is in {log}")
+    absent = [str(p) for p in expect if not p.exists()]
+    if absent:
+        raise error(f"{label} finished but did not write {absent}; see {log}")
+
+
 def run_stage1(
     bundle_configs_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -109,13 +128,7 @@ def run_stage1(
 
     def default_step(name: str, title: str, cmd: Sequence[str], expect: Sequence[Path]) -> None:
         print(f"\n{'=' * 100}\n{title}\n{'=' * 100}", flush=True)
-        log = logs / f"{name}.log"
-        code = run_logged(cmd, log, root, step_env)
-        if code != 0:
-            raise Stage1Error(f"stage-1 step {title!r} failed (exit code {code}); its full output is in {log}")
-        absent = [str(p) for p in expect if not p.exists()]
-        if absent:
-            raise Stage1Error(f"stage-1 step {title!r} finished but did not write {absent}; see {log}")
+        run_checked(f"stage-1 step {title!r}", cmd, logs / f"{name}.log", root, step_env, expect)
 
     run_step = run_step or default_step
     per_kind = {"teachers": dict(teacher_overrides or {}), "experts": dict(expert_overrides or {})}
