@@ -2,7 +2,8 @@
 
 Every configuration uses the same backbone, input size and batch: a SAMed-style step (one trainable rank-4
 LoRA on q/v plus the mask decoder) is the baseline; stage-2 SamoraNet steps (three frozen experts, trainable
-HL-Attn plus decoder) run with the light default HL-Attn and with the reference-style full-width one.
+HL-Attn plus decoder) run with the default, reference HL-Attn (``samora``) and with this project's light
+variant ``hl_attn_lite`` (``samora_lite``).
 Steps are interleaved round-robin so machine load drifts affect every configuration alike; besides the wall
 time, the process CPU time of each step is reported (far less sensitive to other processes on a shared CPU).
 
@@ -30,7 +31,7 @@ def build(name: str, variant: str, img_size: int, num_classes: int) -> tuple[Sam
     if name == "samed":
         net = SamoraNet(num_classes, variant, img_size, levels=("samed",), fusion="sum", random_init=True)
         return net, configure_stage(net, "samed", level="samed")
-    fusion = {"samora_light": "hl_attn", "samora_full": "hl_attn_spatial"}[name]
+    fusion = {"samora": "hl_attn", "samora_lite": "hl_attn_lite"}[name]
     net = SamoraNet(num_classes, variant, img_size, fusion=fusion, random_init=True)
     return net, configure_stage(net, "stage2")
 
@@ -79,7 +80,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration (after 1 warm-up)")
     parser.add_argument("--num_classes", type=int, default=8)
-    parser.add_argument("--configs", default="samed,samora_light,samora_full")
+    parser.add_argument("--configs", default="samed,samora,samora_lite")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names = args.configs.split(",")

@@ -2,7 +2,7 @@
 
 from samora_monai.networks.decoders import PromptFreeMaskDecoder
 from samora_monai.networks.expert_io import load_expert, read_expert_file, save_expert
-from samora_monai.networks.hl_attn import HLAttn, SumFusion, build_fusion
+from samora_monai.networks.hl_attn import HLAttn, HLAttnLite, SumFusion, build_fusion
 from samora_monai.networks.lora import DEFAULT_LEVELS, HierarchicalLoRA, LoRAExpert
 from samora_monai.networks.sam_backbone import SAM_VARIANTS, load_sam_state_dict, read_checkpoint
 from samora_monai.networks.samora_block import SamoraBlock
@@ -12,6 +12,7 @@ from samora_monai.networks.stages import configure_stage, count_parameters
 __all__ = [
     "DEFAULT_LEVELS",
     "HLAttn",
+    "HLAttnLite",
     "HierarchicalLoRA",
     "LoRAExpert",
     "PromptFreeMaskDecoder",

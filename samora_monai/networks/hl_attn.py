@@ -1,23 +1,28 @@
 """HL-Attn: hierarchical fusion of the LoRA experts' contributions inside one encoder block.
 
-Each expert ``e`` changes the block's attention output (before the output projection) by a residual
-``r_e = attn(q + dq_e, k, v + dv_e) - attn(q, k, v)``. HL-Attn fuses these residuals, lowest level first
-(by default pixel, then patch, then image):
+Each expert ``e`` changes the block's attention output (after the output projection, as in the SAMora reference)
+by a residual ``r_e = proj(attn(q + dq_e, k, v + dv_e)) - proj(attn(q, k, v))``, computed on the block's
+(window-partitioned) token grid. A fusion maps the residuals [E, B, H, W, C] to the block's expert contribution.
+
+``"hl_attn"`` (default, :class:`HLAttn`) is the reference code's HL-Attn. With the fusion order o (lowest level
+first; pixel, patch, image by default) and one cross-attention unit CAF per step (:class:`CrossAttentionUnit`):
 
     s_0 = r_{o_0}
-    s_i = r_{o_i} + GatedCrossAttn_i(query=r_{o_i}, context=states below i)        i = 1 .. L-1
-    E   = sum_i s_i            (init="sum")      or      gamma * sum_i s_i, gamma = 0 at start (init="base")
+    s_i = r_{o_i} + g_i * (CAF_i(query=r_{o_i}, key/value=s_{i-1}) - r_{o_i})         i = 1 .. L-1
+    E   = LayerNorm(s_{L-1})                                                          (init="reference")
+    E   = sum_e r_e + LayerNorm(s_{L-1}),  LayerNorm affine = 0 at start            (init="sum", default)
+    E   = LayerNorm(s_{L-1}),              LayerNorm affine = 0 at start            (init="base")
 
-The path that carries the cross-attention updates back to the block width starts at zero, so at step 0 the block
-reproduces the frozen encoder plus the experts' summed contributions (``init="sum"``) or the frozen encoder alone
-(``init="base"``). Two cross-attention kinds are available:
+``init="reference"`` is the reference exactly: its final LayerNorm gives E unit variance per token from step 0,
+however small the experts' residuals, which perturbs the frozen encoder before any training. Our one deliberate
+deviation is the default ``init="sum"``: the final LayerNorm's weight and bias start at 0 and the summed residuals
+are added, so step 0 reproduces the frozen encoder plus the experts' summed contributions (the ``sum``
+ablation); ``init="base"`` starts at the frozen encoder alone. All three have the same parameters (about 71.0M
+for ViT-B: 5,916,674 per block).
 
-- ``"token"`` (default, light): the residuals are projected once to a reduced width ``w`` (shared projection and
-  LayerNorm); per token, each level attends, with a sigmoid gate, across ``[s_0 .. s_{i-1}, z_i]`` at width
-  ``w``; the summed updates return to width C through one zero-initialised projection. About 1.6M parameters
-  for ViT-B at ``w = 64``; cost O(L^2 w) per token plus two ``C x w`` projections.
-- ``"spatial"`` (reference-style): full-width multi-head attention across the spatial tokens, query the
-  level's residual, key/value the fused lower state, scalar gate; about 71M parameters for ViT-B.
+``"hl_attn_lite"`` (:class:`HLAttnLite`) is this project's own cheaper variant, not the paper's: per token, the
+levels attend to each other at a reduced width ``w`` (no mixing across spatial tokens), about 1.6M parameters
+for ViT-B at ``w = 64``. ``"sum"`` (:class:`SumFusion`) is the ablation ``E = sum_e r_e``.
 """
 
 from __future__ import annotations
@@ -25,11 +30,35 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from monai.utils import look_up_option
 from torch import nn
 
-__all__ = ["HLAttn", "SumFusion", "LevelAttention", "SpatialCrossAttention", "build_fusion"]
+__all__ = [
+    "FUSIONS",
+    "FUSION_INITS",
+    "CrossAttentionUnit",
+    "HLAttn",
+    "HLAttnLite",
+    "LevelAttention",
+    "SumFusion",
+    "build_fusion",
+]
 
 DEFAULT_FUSION_ORDER = ("pixel", "patch", "image")
+FUSIONS = ("hl_attn", "hl_attn_lite", "sum")
+FUSION_INITS = ("sum", "base", "reference")
+
+
+def _fusion_order(levels: tuple[str, ...], fusion_order: Sequence[str] | None) -> list[int]:
+    """Indexes into ``levels`` in fusion order (lowest level first; default pixel, patch, image, then others)."""
+    if fusion_order:
+        order = tuple(fusion_order)
+    else:
+        known = [level for level in DEFAULT_FUSION_ORDER if level in levels]
+        order = tuple(known + [level for level in levels if level not in known])
+    if sorted(order) != sorted(levels):
+        raise ValueError(f"fusion_order {list(order)} must be a permutation of the levels {list(levels)}.")
+    return [levels.index(level) for level in order]
 
 
 class SumFusion(nn.Module):
@@ -41,6 +70,68 @@ class SumFusion(nn.Module):
 
     def forward(self, residuals: torch.Tensor) -> torch.Tensor:
         return residuals.sum(0)
+
+
+class CrossAttentionUnit(nn.Module):
+    """The reference's cross-attention fusion unit across the spatial tokens, at full width.
+
+    ``query`` [B, N, C] and ``context`` [B, N, C] -> ``query + Linear(MHA(LN_q(query), LN_k(context),
+    LN_v(context)))`` [B, N, C], with ``nn.MultiheadAttention`` (biases on, dropout 0, batch first).
+    """
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_k = nn.LayerNorm(dim)
+        self.norm_v = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, num_heads, dropout=0.0, bias=True, batch_first=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        attended, _ = self.attn(self.norm_q(query), self.norm_k(context), self.norm_v(context), need_weights=False)
+        return query + self.proj(attended)
+
+
+class HLAttn(nn.Module):
+    """The reference HL-Attn (see the module docstring): gated cross-attention across the spatial tokens.
+
+    Args:
+        dim: block width C.
+        levels: the level names in the order the residuals are passed (the LoRA's level order).
+        num_heads: attention heads (the block's head count in the reference).
+        fusion_order: fusion order, lowest level first; any permutation of ``levels``
+            (default pixel, patch, image, those present).
+        init: ``"sum"`` (default, identity start: encoder + summed expert contributions), ``"base"`` (encoder
+            alone) or ``"reference"`` (the reference's initialisation, final LayerNorm at weight 1, bias 0).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        levels: Sequence[str],
+        num_heads: int,
+        fusion_order: Sequence[str] | None = None,
+        init: str = "sum",
+    ) -> None:
+        super().__init__()
+        self.levels = tuple(levels)
+        self.order_index = _fusion_order(self.levels, fusion_order)
+        self.init = look_up_option(init, FUSION_INITS)
+        self.units = nn.ModuleList([CrossAttentionUnit(dim, num_heads) for _ in self.order_index[1:]])
+        self.gates = nn.Parameter(torch.ones(len(self.units)))  # one learnable scalar per step, 1.0 at start
+        self.norm = nn.LayerNorm(dim)
+        if self.init != "reference":  # zero-initialised output path
+            nn.init.zeros_(self.norm.weight)
+            nn.init.zeros_(self.norm.bias)
+
+    def forward(self, residuals: torch.Tensor) -> torch.Tensor:
+        """residuals [E, B, H, W, C] (in ``levels`` order) -> fused contribution [B, H, W, C]."""
+        levels = [residuals[i].flatten(1, -2) for i in self.order_index]  # each [B, N, C]
+        state = levels[0]
+        for gate, query, unit in zip(self.gates, levels[1:], self.units, strict=True):
+            state = query + gate * (unit(query, state) - query)
+        fused = self.norm(state).unflatten(1, residuals.shape[2:-1])
+        return residuals.sum(0) + fused if self.init == "sum" else fused
 
 
 class LevelAttention(nn.Module):
@@ -69,40 +160,22 @@ class LevelAttention(nn.Module):
         return self.out(torch.sigmoid(self.gate(query)) * attended)
 
 
-class SpatialCrossAttention(nn.Module):
-    """Reference-style cross-attention across spatial tokens at full width, with a scalar gate.
+class HLAttnLite(nn.Module):
+    """This project's light HL-Attn: token-wise attention across the levels at a reduced width (no spatial mixing).
 
-    ``query`` [B, N, C] and ``context`` [B, N, C] -> update [B, N, C]; the output projection starts at zero.
-    """
-
-    def __init__(self, dim: int, num_heads: int) -> None:
-        super().__init__()
-        self.norm_q = nn.LayerNorm(dim)
-        self.norm_k = nn.LayerNorm(dim)
-        self.norm_v = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
-        self.out = nn.Linear(dim, dim)
-        self.gate = nn.Parameter(torch.ones(()))
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        fused, _ = self.attn(self.norm_q(query), self.norm_k(context), self.norm_v(context), need_weights=False)
-        return self.gate * self.out(fused)
-
-
-class HLAttn(nn.Module):
-    """Hierarchical gated cross-attention over the experts' residuals (see the module docstring).
+    The residuals are projected once to width ``w`` (shared projection and LayerNorm); per token, each level
+    attends, with a sigmoid gate, across ``[s_0 .. s_{i-1}, z_i]``; the summed updates return to width C through
+    one zero-initialised projection and are added to ``sum_e r_e``. Cost O(L^2 w) per token plus two ``C x w``
+    projections.
 
     Args:
         dim: block width C.
-        levels: the level names in the order the residuals are passed (the LoRA's level order).
-        fusion_order: fusion order, lowest level first; defaults to pixel, patch, image (those present).
-        kind: ``"token"`` (light, default) or ``"spatial"`` (reference-style, full width).
-        width: attention width of the token kind.
-        num_heads: attention heads.
-        init: ``"sum"`` (start at frozen encoder + summed expert contributions) or ``"base"`` (frozen encoder;
-            adds a learnable output scale ``gamma`` that starts at 0).
+        levels: the level names in the order the residuals are passed.
+        fusion_order: fusion order, lowest level first (default pixel, patch, image).
+        width: attention width ``w``.
+        num_heads: attention heads at width ``w``.
+        init: ``"sum"`` (encoder + summed expert contributions) or ``"base"`` (encoder alone: a learnable output
+            scale ``gamma`` starts at 0).
     """
 
     def __init__(
@@ -110,48 +183,25 @@ class HLAttn(nn.Module):
         dim: int,
         levels: Sequence[str],
         fusion_order: Sequence[str] | None = None,
-        kind: str = "token",
         width: int = 64,
         num_heads: int = 4,
         init: str = "sum",
     ) -> None:
         super().__init__()
         self.levels = tuple(levels)
-        order = tuple(fusion_order) if fusion_order else self._default_order(self.levels)
-        if sorted(order) != sorted(self.levels):
-            raise ValueError(f"fusion_order {list(order)} must be a permutation of the levels {list(self.levels)}.")
-        if kind not in ("token", "spatial"):
-            raise ValueError(f"HL-Attn kind must be 'token' or 'spatial', got {kind!r}.")
-        if init not in ("sum", "base"):
-            raise ValueError(f"HL-Attn init must be 'sum' or 'base', got {init!r}.")
-        self.kind = kind
-        self.order_index = [self.levels.index(level) for level in order]
-        if kind == "token":
-            self.down = nn.Linear(dim, width)
-            self.norm = nn.LayerNorm(width)
-            self.cross = nn.ModuleList([LevelAttention(width, num_heads) for _ in order[1:]])
-            self.up = nn.Linear(width, dim)
-            nn.init.zeros_(self.up.weight)
-            nn.init.zeros_(self.up.bias)
-        else:
-            self.cross = nn.ModuleList([SpatialCrossAttention(dim, num_heads) for _ in order[1:]])
-        if init == "base":
-            self.gamma = nn.Parameter(torch.zeros(()))
-        else:
-            self.register_parameter("gamma", None)
-
-    @staticmethod
-    def _default_order(levels: tuple[str, ...]) -> tuple[str, ...]:
-        known = [level for level in DEFAULT_FUSION_ORDER if level in levels]
-        return tuple(known + [level for level in levels if level not in known])
+        self.order_index = _fusion_order(self.levels, fusion_order)
+        if look_up_option(init, FUSION_INITS) == "reference":
+            raise ValueError("fusion 'hl_attn_lite' has no reference initialisation; use fusion_init 'sum' or 'base'.")
+        self.down = nn.Linear(dim, width)
+        self.norm = nn.LayerNorm(width)
+        self.cross = nn.ModuleList([LevelAttention(width, num_heads) for _ in self.order_index[1:]])
+        self.up = nn.Linear(width, dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        self.gamma = nn.Parameter(torch.zeros(())) if init == "base" else None
 
     def forward(self, residuals: torch.Tensor) -> torch.Tensor:
         """residuals [E, B, H, W, C] (in ``levels`` order) -> fused contribution [B, H, W, C]."""
-        fused = self._fuse_tokens(residuals) if self.kind == "token" else self._fuse_spatial(residuals)
-        return fused if self.gamma is None else self.gamma * fused
-
-    def _fuse_tokens(self, residuals: torch.Tensor) -> torch.Tensor:
-        """Light kind: one shared projection to width w, the hierarchy at width w, one projection back."""
         reduced = self.norm(self.down(residuals))  # [E, B, H, W, w]
         levels = [reduced[i].flatten(0, -2) for i in self.order_index]  # each [T, w]
         states, updates = [levels[0]], []
@@ -161,15 +211,7 @@ class HLAttn(nn.Module):
         fused = residuals.sum(0)
         if updates:
             fused = fused + self.up(sum(updates[1:], updates[0])).unflatten(0, residuals.shape[1:-1])
-        return fused
-
-    def _fuse_spatial(self, residuals: torch.Tensor) -> torch.Tensor:
-        """Reference-style kind: full-width spatial cross-attention, query a level, context the lower state."""
-        levels = [residuals[i].flatten(1, -2) for i in self.order_index]  # each [B, N, C]
-        states = [levels[0]]
-        for query, unit in zip(levels[1:], self.cross, strict=True):
-            states.append(query + unit(query, states[-1]))
-        return sum(states[1:], states[0]).unflatten(1, residuals.shape[2:-1])
+        return fused if self.gamma is None else self.gamma * fused
 
 
 def build_fusion(
@@ -182,11 +224,11 @@ def build_fusion(
     num_heads: int = 4,
     init: str = "sum",
 ) -> nn.Module:
-    """Fusion module for one block: ``"hl_attn"`` (light token kind), ``"hl_attn_spatial"`` or ``"sum"``."""
+    """Fusion module for one block: ``"hl_attn"`` (reference, ``block_heads`` heads at width ``dim``),
+    ``"hl_attn_lite"`` (this project's light variant, ``num_heads`` heads at ``width``) or ``"sum"``."""
+    fusion = look_up_option(fusion, FUSIONS)
     if fusion == "sum":
         return SumFusion(levels)
     if fusion == "hl_attn":
-        return HLAttn(dim, levels, fusion_order, "token", width, num_heads, init)
-    if fusion == "hl_attn_spatial":
-        return HLAttn(dim, levels, fusion_order, "spatial", dim, block_heads, init)
-    raise ValueError(f"Unknown fusion {fusion!r}; choose 'hl_attn', 'hl_attn_spatial' or 'sum'.")
+        return HLAttn(dim, levels, block_heads, fusion_order, init)
+    return HLAttnLite(dim, levels, fusion_order, width, num_heads, init)

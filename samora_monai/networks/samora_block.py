@@ -22,14 +22,17 @@ class SamoraBlock(nn.Module):
         - ``"expert"``: one active expert's q/v deltas are added (stage 1, or a SAMed-style single LoRA).
         - ``"fused"``: stage 2. The qkv projection runs once; the experts enter the attention as rank-r score
           and value updates and the base and expert attention probabilities come from one softmax
-          (:meth:`_fused_attend`); the experts' residuals (before the output projection) are fused by ``fusion``
-          and the output projection is applied once to ``base + fused``. Plain and expert modes use
-          ``scaled_dot_product_attention`` with the relative-position bias as its mask.
+          (:meth:`_fused_attend`). As in the SAMora reference, the experts' residuals
+          ``r_e = proj(a_e) - proj(base)`` (after the output projection) are fused by ``fusion`` on the
+          window-partitioned token grid, and ``proj(base) + fused`` is unpartitioned and added to the block
+          input. Plain and expert modes use ``scaled_dot_product_attention`` with the relative-position bias as
+          its mask.
 
     Args:
         block: the SAM block whose ``norm1``, ``attn``, ``norm2`` and ``mlp`` are adopted.
         lora: the block's experts, or ``None`` for a block without LoRA (it always runs plain).
-        fusion: module mapping residuals [E, B, H, W, C] to [B, H, W, C]; required for ``"fused"``.
+        fusion: module mapping residuals [E, n, h, w, C] (n windows of h x w tokens) to [n, h, w, C]; required
+            for ``"fused"``.
     """
 
     def __init__(self, block: Block, lora: HierarchicalLoRA | None = None, fusion: nn.Module | None = None) -> None:
@@ -140,11 +143,14 @@ class SamoraBlock(nn.Module):
         else:
             out = self._attend(q, k, v, (hh, ww))
         out = out.reshape(-1, hh, ww, dim)
+        if fused:
+            out = out.unflatten(0, (-1, n))  # [1 + E, n, h, w, C]
+            # r_e = proj(a_e) - proj(base) = W (a_e - base): the bias cancels, the weight is applied to each residual.
+            residuals = F.linear(out[1:] - out[0], self.attn.proj.weight)
+            out = self.attn.proj(out[0]) + self.fusion(residuals)
+        else:
+            out = self.attn.proj(out)
         if self.window_size > 0:
             out = window_unpartition(out, self.window_size, pad_hw, (height, width))
-        if fused:
-            out = out.unflatten(0, (-1, x.shape[0]))  # [1 + E, B, H, W, C]
-            base = out[0]
-            out = base + self.fusion(out[1:] - base)
-        x = x + self.attn.proj(out)
+        x = x + out
         return x + self.mlp(self.norm2(x))

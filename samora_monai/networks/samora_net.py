@@ -42,10 +42,12 @@ class SamoraNet(nn.Module):
         levels: LoRA expert levels; empty for plain SAM.
         lora_rank: rank of every expert.
         lora_blocks: indexes of the encoder blocks that carry experts (default: all).
-        fusion: ``"hl_attn"`` (light token-wise HL-Attn), ``"hl_attn_spatial"`` (reference-style) or ``"sum"``.
-        fusion_order: HL-Attn order, lowest level first (default pixel, patch, image).
-        fusion_width, fusion_heads: width and heads of the light HL-Attn.
-        fusion_init: ``"sum"`` (start at encoder + summed expert contributions) or ``"base"`` (encoder alone).
+        fusion: ``"hl_attn"`` (the reference HL-Attn: full-width cross-attention across the spatial tokens with
+            the block's heads), ``"hl_attn_lite"`` (this project's light token-wise variant) or ``"sum"`` (ablation).
+        fusion_order: HL-Attn order, lowest level first (default pixel, patch, image); any permutation.
+        fusion_width, fusion_heads: width and heads of ``"hl_attn_lite"``.
+        fusion_init: ``"sum"`` (default; start at encoder + summed expert contributions), ``"base"`` (encoder
+            alone) or ``"reference"`` (``"hl_attn"`` only: the reference's initialisation, final LayerNorm on).
         mode: initial block mode, ``"plain"``, ``"expert"`` (with ``active_level``) or ``"fused"``.
         active_level: the expert used in ``"expert"`` mode.
         sam_checkpoint: local path of an official SAM checkpoint (e.g. ``sam_vit_b_01ec64.pth``).
