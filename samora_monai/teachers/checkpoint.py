@@ -59,6 +59,7 @@ def save_teacher(teacher: nn.Module, path: str | os.PathLike, summary: dict[str,
         "config": dict(teacher.config),
         "img_size": teacher.config["img_size"],
         "summary": dict(summary or {}),
+        "pretrained": getattr(teacher, "pretrained", None),
         "state_dict": {k: v.detach().cpu() for k, v in teacher.state_dict().items()},
     }
     with atomic_output(path) as tmp:
@@ -125,30 +126,36 @@ def build_teacher(
 
     Args:
         level: ``"image"`` (contrastive ResNet) or ``"patch"`` (MAE).
-        checkpoint: a trained teacher file (see :func:`save_teacher`); required unless ``allow_untrained``.
+        checkpoint: a trained teacher file (see :func:`save_teacher`); required unless ``config`` names
+            ``pretrained`` weights or ``allow_untrained``.
         allow_untrained: tests only: build a randomly initialised teacher from ``config`` (a warning says so).
         img_size: the student's input size (checked against a patch teacher; passed to a new teacher).
-        config: constructor arguments of the teacher class, used only without a checkpoint.
+        config: constructor arguments of the teacher class, used only without a checkpoint; ``pretrained``
+            (a local torchvision ResNet or official MAE file) builds the teacher from those weights as they are.
 
     Raises:
-        RuntimeError: no checkpoint was given and ``allow_untrained`` is False.
+        RuntimeError: neither a checkpoint nor ``pretrained`` weights were given and ``allow_untrained`` is False.
     """
     cls = _teacher_class(level)
     if checkpoint is not None:
         if config:
             logger.info("teacher config %s ignored: the architecture comes from %s", sorted(config), checkpoint)
         return load_teacher(checkpoint, level, img_size=img_size)
-    if not allow_untrained:
+    if config.get("pretrained") is not None:
+        logger.info("%s-level teacher: %s from %s, not trained further", level, cls.__name__, config["pretrained"])
+    elif not allow_untrained:
         raise RuntimeError(
             f"no {level}-level teacher checkpoint given: distilling from a random {cls.__name__} teaches nothing. "
-            f"Train one with the pretrain_teacher_{level} workflow and pass its file as the teacher checkpoint "
+            f"Train one with the pretrain_teacher_{level} workflow and pass its file as the teacher checkpoint, "
+            "or pass pretrained=<local weights> "
             "(allow_untrained=True exists for tests only)"
         )
-    warnings.warn(
-        f"the {level}-level teacher ({cls.__name__}) is randomly initialised and untrained "
-        "(allow_untrained=True); its features carry no information",
-        stacklevel=2,
-    )
+    else:
+        warnings.warn(
+            f"the {level}-level teacher ({cls.__name__}) is randomly initialised and untrained "
+            "(allow_untrained=True); its features carry no information",
+            stacklevel=2,
+        )
     if img_size is not None:
         config = {**config, "img_size": img_size}
     return freeze(cls(**config))

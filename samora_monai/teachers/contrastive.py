@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -25,6 +26,8 @@ from monai.utils import look_up_option
 from torch import nn
 from torchvision import models
 
+from samora_monai.teachers.pretrained import load_torchvision_resnet
+
 __all__ = ["ContrastiveTeacher", "contrastive_augment", "TwoViewd", "as_three_channels"]
 
 EMBED_SOURCES = ("backbone", "projection")
@@ -40,7 +43,7 @@ def as_three_channels(x: torch.Tensor) -> torch.Tensor:
 
 
 class ContrastiveTeacher(nn.Module):
-    """A torchvision ResNet (random init, nothing downloaded) with a SimCLR projection MLP.
+    """A torchvision ResNet (random init or local pretrained weights, nothing downloaded) with a SimCLR projection MLP.
 
     Args:
         arch: torchvision ResNet constructor name (``resnet50`` by default; tests use ``resnet18``).
@@ -50,6 +53,10 @@ class ContrastiveTeacher(nn.Module):
         embed_from: which vector :meth:`embed` returns as the distillation target: the pooled ``backbone``
             feature (SimCLR's representation) or the ``projection``.
         img_size: training image size, recorded in checkpoints (the ResNet itself accepts any size).
+        pretrained: local torchvision-layout state dict of ``arch`` to start from (ImageNet weights, or a SimCLR
+            checkpoint in that layout; ``state_dict``/``model`` wrappers and ``module.`` prefixes are accepted,
+            the classifier ``fc`` is skipped); contrastive training then continues from it. The projection MLP
+            starts fresh. See :func:`samora_monai.teachers.pretrained.load_torchvision_resnet`.
     """
 
     kind = "contrastive"
@@ -63,6 +70,7 @@ class ContrastiveTeacher(nn.Module):
         temperature: float = 0.1,
         embed_from: str = "backbone",
         img_size: int = 224,
+        pretrained: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         if not arch.startswith("resnet") and not arch.startswith("wide_resnet"):
@@ -79,6 +87,9 @@ class ContrastiveTeacher(nn.Module):
         self.backbone = models.get_model(arch, weights=None)
         feat_dim = self.backbone.fc.in_features
         self.backbone.fc = nn.Identity()
+        self.pretrained = None if pretrained is None else os.fspath(pretrained)
+        if self.pretrained is not None:
+            load_torchvision_resnet(self.backbone, self.pretrained)
         self.projector = nn.Sequential(
             nn.Linear(feat_dim, proj_hidden_dim, bias=False),
             nn.BatchNorm1d(proj_hidden_dim),

@@ -7,6 +7,7 @@ encoder is built from MONAI's ``PatchEmbeddingBlock`` (conv projection, sin-cos 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -14,6 +15,8 @@ from monai.networks.blocks import PatchEmbeddingBlock
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 from monai.networks.layers import trunc_normal_
 from torch import nn
+
+from samora_monai.teachers.pretrained import load_mae_encoder
 
 __all__ = ["MAETeacher", "patchify", "random_keep_indices"]
 
@@ -44,14 +47,24 @@ def _gather(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _vit_blocks(width: int, mlp_dim: int, num_heads: int, depth: int) -> nn.Sequential:
-    """``depth`` pre-norm transformer blocks on [B, L, width] followed by a final LayerNorm."""
+    """``depth`` pre-norm transformer blocks on [B, L, width] followed by a final LayerNorm.
+
+    The official ViT/MAE block: LayerNorm eps 1e-6, qkv with bias, exact GELU MLP of width ``mlp_dim``.
+    """
     layers = [
         nn.TransformerEncoderLayer(
-            width, num_heads, mlp_dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+            width,
+            num_heads,
+            mlp_dim,
+            dropout=0.0,
+            activation="gelu",
+            layer_norm_eps=1e-6,
+            batch_first=True,
+            norm_first=True,
         )
         for _ in range(depth)
     ]
-    return nn.Sequential(*layers, nn.LayerNorm(width))
+    return nn.Sequential(*layers, nn.LayerNorm(width, eps=1e-6))
 
 
 class MAETeacher(nn.Module):
@@ -68,6 +81,10 @@ class MAETeacher(nn.Module):
         decoder_hidden_size, decoder_mlp_dim, decoder_num_layers, decoder_num_heads: MAE decoder.
         mask_ratio: default fraction of masked patches.
         norm_pix_loss: normalise each target patch to zero mean and unit variance (MAE's default).
+        pretrained: local official MAE checkpoint (``mae_pretrain_vit_base.pth``: ``{"model": encoder state}``)
+            whose encoder is loaded at this ``img_size`` (position embedding resized); the decoder starts fresh.
+            The encoder arguments must match the file (ViT-B: 768, 3072, 12, 12; ViT-L: 1024, 4096, 24, 16).
+            See :func:`samora_monai.teachers.pretrained.load_mae_encoder`.
     """
 
     kind = "mae"
@@ -88,6 +105,7 @@ class MAETeacher(nn.Module):
         decoder_num_heads: int = 16,
         mask_ratio: float = 0.75,
         norm_pix_loss: bool = True,
+        pretrained: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         if img_size % patch_size:
@@ -137,6 +155,9 @@ class MAETeacher(nn.Module):
         self.decoder_pred = nn.Linear(decoder_hidden_size, patch_size * patch_size * in_channels)
         trunc_normal_(self.cls_token, mean=0.0, std=0.02, a=-2.0, b=2.0)
         trunc_normal_(self.mask_token, mean=0.0, std=0.02, a=-2.0, b=2.0)
+        self.pretrained = None if pretrained is None else os.fspath(pretrained)
+        if self.pretrained is not None:
+            load_mae_encoder(self, self.pretrained)
 
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or tuple(x.shape[-2:]) != (self.img_size, self.img_size):
