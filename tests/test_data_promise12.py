@@ -160,3 +160,24 @@ def test_missing_files_and_bad_settings(tmp_path):
         promise12_datalist(tmp_path, "promise12_10scans")
     with pytest.raises(ValueError, match="promise12_full"):
         named_datalist("promise_3", tmp_path)
+
+
+def test_three_scan_slices_reach_the_training_dataset(tmp_path):
+    """The published foreground slices of real .npy dicts end up, and only they, in the stage-2 slice dataset."""
+    from samora_monai.data import VolumeSliceDataset, volume_transforms
+
+    rng = np.random.default_rng(0)
+    listed = {c: s for c, s in (("Case05", range(7, 33)), ("Case14", range(2, 18)), ("Case29", range(2, 18)))}
+    for case in PROMISE12_CASES:
+        img = rng.random((36, 20, 14), dtype=np.float32) * 500
+        lab = np.zeros((36, 20, 14), np.uint8)
+        lab[list(listed.get(case, [5])), 6:12, 4:9] = 1  # foreground exactly on the listed slices
+        write_npy_dict(tmp_path / "all_data_prepro" / f"{case}.npy", img, lab)
+    dl = named_datalist("promise12_3scans", tmp_path)
+    ds = VolumeSliceDataset(dl["training"], volume_transforms("mr", num_classes=1), spatial_size=16, progress=False)
+    assert len(ds) == 58
+    assert [(Path(r["source"]).stem, r["slice"]) for r in ds.data] == [
+        (c, z) for c in ("Case05", "Case14", "Case29") for z in listed[c]
+    ]
+    assert all(ds[i]["label"].sum() > 0 for i in range(len(ds)))  # every listed slice has the prostate
+    assert ds[0]["image"].shape == (1, 16, 16) and float(ds.images.min()) >= 0.0 and float(ds.images.max()) <= 1.0
