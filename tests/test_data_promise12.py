@@ -156,6 +156,10 @@ def test_missing_files_and_bad_settings(tmp_path):
         promise12_datalist(tmp_path, "promise12_3scans")
     with pytest.raises(FileNotFoundError, match="no PROMISE12 files"):
         promise12_datalist(tmp_path / "TrainingData_Part1" / "nothing", "promise12_full")
+    (tmp_path / "TestData").mkdir()
+    (tmp_path / "TestData" / "Case14.mhd").write_text("")  # the challenge's unlabelled test set reuses names
+    with pytest.raises(ValueError, match=r"Case14 found twice: .*TestData/Case14\.mhd"):
+        promise12_datalist(tmp_path, "promise12_3scans")
     with pytest.raises(ValueError, match="promise12_10scans"):
         promise12_datalist(tmp_path, "promise12_10scans")
     with pytest.raises(ValueError, match="promise12_full"):

@@ -104,13 +104,23 @@ class NpyDictReader(ImageReader):
         return array, _geometry_meta(array, self.spacing)
 
 
+def _collect(folders: list[Path], suffix: str) -> dict[str, Path]:
+    """``CaseXX<suffix>`` files in ``folders`` by case; a case found twice is an error naming both files."""
+    found: dict[str, Path] = {}
+    for p in (p for d in folders for p in sorted(d.glob(f"Case*{suffix}")) if _CASE.fullmatch(p.stem)):
+        if p.stem in found:
+            raise ValueError(f"PROMISE12 {p.stem} found twice: {found[p.stem]} and {p}")
+        found[p.stem] = p
+    return found
+
+
 def _find_cases(root: Path) -> tuple[str, dict[str, dict[str, str]]]:
     """Detect the format under ``root`` (or ``root/*/``); returns (format, case -> {"image", "label"})."""
     folders = [root, *sorted(p for p in root.iterdir() if p.is_dir())] if root.is_dir() else []
-    npy = {p.stem: p for d in folders for p in d.glob("Case*.npy") if _CASE.fullmatch(p.stem)}
+    npy = _collect(folders, ".npy")
     if npy:
         return "npy", {c: {"image": str(p), "label": str(p)} for c, p in npy.items()}
-    mhd = {p.stem: p for d in folders for p in d.glob("Case*.mhd") if _CASE.fullmatch(p.stem)}
+    mhd = _collect(folders, ".mhd")
     if mhd:
         return "mhd", {c: {"image": str(p), "label": str(p.with_name(f"{c}_segmentation.mhd"))} for c, p in mhd.items()}
     raise FileNotFoundError(f"{root}: no PROMISE12 files (CaseXX.npy, or CaseXX.mhd with CaseXX_segmentation.mhd)")
@@ -119,7 +129,9 @@ def _find_cases(root: Path) -> tuple[str, dict[str, dict[str, str]]]:
 def promise12_datalist(root: str | os.PathLike, setting: str = "promise12_3scans") -> dict[str, list[dict]]:
     """Datalist of PROMISE12 under ``root``, in either format (``CaseXX.npy`` dicts, or the challenge's
     ``CaseXX.mhd``/``CaseXX_segmentation.mhd`` pairs; in ``root`` or one sub-folder level down, e.g. the
-    challenge's ``TrainingData_Part1..3``). Image and label share the file for ``.npy``.
+    challenge's ``TrainingData_Part1..3``). Image and label share the file for ``.npy``; ``.npy`` files win when
+    both formats are present. The challenge's unlabelled test set reuses the names Case00..Case29: keep it
+    outside ``root``.
 
     Args:
         root: dataset folder.
