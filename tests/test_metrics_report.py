@@ -62,8 +62,12 @@ def test_evaluate_pairs_writes_csv_and_json(pairs, tmp_path):
         ("label1", "kidney"),
     ]
     assert [(float(r["dice"]), float(r["hd95"])) for r in rows] == [(1.0, 0.0), (0.0, 0.0), (0.0, 1.0), (0.0, 0.0)]
+    assert [(float(r["jaccard"]), float(r["asd"])) for r in rows] == [(1.0, 0.0), (0.0, 0.0), (0.0, 1.0), (0.0, 0.0)]
+    assert {(r["mode"], r["units"]) for r in rows} == {("transunet", "voxel")}
     monai_rows = read_csv(out_dir / "metrics_monai.csv")
     assert float(monai_rows[2]["hd95"]) == pytest.approx(5.0)  # one 5 mm slice
+    assert float(monai_rows[2]["asd"]) == pytest.approx(5.0) and float(monai_rows[2]["jaccard"]) == 0.0
+    assert {(r["mode"], r["units"]) for r in monai_rows} == {("monai", "mm")}
     diagonal = math.sqrt(12**2 + 10**2 + 40**2)
     assert float(monai_rows[1]["hd95"]) == pytest.approx(diagonal)  # missed kidney: worst case
 
@@ -72,7 +76,10 @@ def test_evaluate_pairs_writes_csv_and_json(pairs, tmp_path):
     assert summary["mode"] == "transunet" and summary["hd95_units"] == "voxel"
     assert summary["num_cases"] == 2 and summary["cases"] == ["label0", "label1"]
     assert summary["class_names"] == CLASSES
-    assert summary["per_class"]["liver"] == {"dice": 0.5, "hd95": 0.5, "n_dice": 2, "n_hd95": 2}
+    assert summary["per_class"]["liver"] == {
+        "dice": 0.5, "hd95": 0.5, "jaccard": 0.5, "asd": 0.5, "n_dice": 2, "n_hd95": 2, "n_jaccard": 2, "n_asd": 2
+    }
+    assert summary["asd_units"] == "voxel" and summary["mean_jaccard"] == pytest.approx(0.25)
     assert summary["per_class"]["kidney"]["dice"] == 0.0
     assert summary["mean_dice"] == pytest.approx(0.25) and summary["mean_hd95"] == pytest.approx(0.25)
     assert summary["provenance"] == {"split": "test"}
@@ -80,6 +87,7 @@ def test_evaluate_pairs_writes_csv_and_json(pairs, tmp_path):
     assert monai["hd95_units"] == "mm"
     assert monai["per_class"]["liver"]["hd95"] == pytest.approx(2.5)
     assert monai["mean_hd95"] == pytest.approx((2.5 + diagonal) / 2)
+    assert monai["asd_units"] == "mm" and monai["mean_asd"] == pytest.approx((2.5 + diagonal) / 2)
     for s in (summary, monai):
         assert all(0.0 <= v["dice"] <= 1.0 for v in s["per_class"].values())
 
@@ -91,7 +99,9 @@ def test_nan_values_are_null_in_json_and_excluded(tmp_path):
     report.add("a", gt, gt, spacing=(1.0, 1.0, 1.0))
     paths = report.write(tmp_path)
     summary = json.loads(paths["monai"]["json"].read_text())
-    assert summary["per_class"]["kidney"] == {"dice": None, "hd95": None, "n_dice": 0, "n_hd95": 0}
+    assert summary["per_class"]["kidney"] == {
+        "dice": None, "hd95": None, "jaccard": None, "asd": None, "n_dice": 0, "n_hd95": 0, "n_jaccard": 0, "n_asd": 0
+    }
     assert summary["mean_dice"] == 1.0 and summary["mean_hd95"] == 0.0
     assert read_csv(paths["monai"]["csv"])[1]["dice"] == "nan"
     with pytest.raises(ValueError, match="already added"):

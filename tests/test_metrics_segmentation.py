@@ -28,17 +28,23 @@ def brute_hd95(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.percentile(np.concatenate([d.min(1), d.min(0)]), 95))
 
 
+def brute_assd(a: np.ndarray, b: np.ndarray) -> float:
+    d = cdist(np.argwhere(brute_surface(a)), np.argwhere(brute_surface(b)))
+    return float((d.min(1).mean() + d.min(0).mean()) / 2)
+
+
 def brute_case(pred: np.ndarray, gt: np.ndarray, k: int) -> np.ndarray:
-    """The TransUNet ``calculate_metric_percase`` rules, written out directly."""
+    """The TransUNet ``calculate_metric_percase`` rules (Jaccard/ASD as Dice/HD95), written out directly."""
     out = []
     for c in range(1, k + 1):
         p, g = pred == c, gt == c
         if p.sum() > 0 and g.sum() > 0:
-            out.append((2 * (p & g).sum() / (p.sum() + g.sum()), brute_hd95(p, g)))
+            out.append((2 * (p & g).sum() / (p.sum() + g.sum()), brute_hd95(p, g), (p & g).sum() / (p | g).sum(),
+                        brute_assd(p, g)))
         elif p.sum() > 0:
-            out.append((1.0, 0.0))
+            out.append((1.0, 0.0, 1.0, 0.0))
         else:
-            out.append((0.0, 0.0))
+            out.append((0.0, 0.0, 0.0, 0.0))
     return np.asarray(out, dtype=float)
 
 
@@ -94,10 +100,10 @@ def test_transunet_rules_against_direct_recomputation():
     pred[cube(shape, (3, 13, 3), (8, 19, 7))] = 5  # class 5: overlapping boxes
     got = case_metrics(pred, gt, num_classes=5, mode="transunet")
     np.testing.assert_allclose(got, brute_case(pred, gt, 5), atol=1e-12)
-    np.testing.assert_array_equal(got[1], [0.0, 0.0])  # empty prediction
-    np.testing.assert_array_equal(got[2], [1.0, 0.0])  # empty ground truth
-    np.testing.assert_array_equal(got[3], [0.0, 0.0])  # both empty
-    assert 0 < got[0, 0] < 1 and got[0, 1] > 0
+    np.testing.assert_array_equal(got[1], [0.0, 0.0, 0.0, 0.0])  # empty prediction
+    np.testing.assert_array_equal(got[2], [1.0, 0.0, 1.0, 0.0])  # empty ground truth
+    np.testing.assert_array_equal(got[3], [0.0, 0.0, 0.0, 0.0])  # both empty
+    assert 0 < got[0, 0] < 1 and got[0, 1] > 0 and 0 < got[0, 2] < got[0, 0] and got[0, 3] > 0
     # channel-first [1, X, Y, Z] input gives the same values; spacing is ignored in this mode
     np.testing.assert_array_equal(case_metrics(pred[None], gt[None], 5, "transunet", spacing=(1, 1, 9)), got)
 
@@ -116,14 +122,14 @@ def test_monai_mode_reports_mm_on_anisotropic_volume():
     got = case_metrics(pred, gt, num_classes=4, mode="monai", spacing=spacing)
     assert got[0, 0] == pytest.approx(0.0)
     assert got[0, 1] == pytest.approx(5.0)  # one slice of 5 mm
-    np.testing.assert_allclose(got[1], [1.0, 0.0])
+    np.testing.assert_allclose(got[1], [1.0, 0.0, 1.0, 0.0])
     diagonal = math.sqrt(16**2 + 16**2 + 60**2)
-    np.testing.assert_allclose(got[2], [0.0, diagonal])
+    np.testing.assert_allclose(got[2], [0.0, diagonal, 0.0, diagonal])
     assert np.isnan(got[3]).all()
     voxel = case_metrics(pred, gt, num_classes=4, mode="transunet")
     assert voxel[0, 1] == pytest.approx(1.0)  # the same shift in voxel units
     missed_nan = case_metrics(pred, gt, num_classes=4, mode="monai", spacing=spacing, missed_hd95="nan")
-    assert missed_nan[2, 0] == 0.0 and np.isnan(missed_nan[2, 1])
+    assert missed_nan[2, 0] == missed_nan[2, 2] == 0.0 and np.isnan(missed_nan[2, [1, 3]]).all()
 
 
 def test_monai_dice_equals_plain_dice_when_both_present():

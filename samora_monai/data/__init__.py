@@ -1,5 +1,5 @@
 """Data layer: readers for BTCV/MSD NIfTI, TransUNet npz/h5 and LA h5; shared transforms; slice datasets;
-datalists and the published splits; stage-1 unlabeled slice preparation."""
+datalists and the published splits; PROMISE12 .mhd/.npy readers; stage-1 unlabeled slice preparation."""
 
 from samora_monai.data.datalists import (
     SPLIT_FILES,
@@ -12,6 +12,13 @@ from samora_monai.data.datalists import (
     named_datalist,
     transunet_synapse_datalist,
     write_datalist,
+)
+from samora_monai.data.promise12 import (
+    PROMISE12_CASES,
+    PROMISE12_SETTINGS,
+    MetaImageReader,
+    NpyDictReader,
+    promise12_datalist,
 )
 from samora_monai.data.readers import H5VolumeReader, LoadVolumed, NpzSliceReader, volume_readers
 from samora_monai.data.slices import VolumeSliceDataset, resize_slices, select_slices
@@ -32,12 +39,16 @@ __all__ = [
     "BTCV_TO_SYNAPSE",
     "CT_WINDOW",
     "MR_PERCENTILES",
+    "PROMISE12_CASES",
+    "PROMISE12_SETTINGS",
     "SPLIT_FILES",
     "SYNAPSE_CLASSES",
     "TEST_SPLITS",
     "H5VolumeReader",
     "LoadVolumed",
     "MapLabelsd",
+    "MetaImageReader",
+    "NpyDictReader",
     "NpzSliceReader",
     "UnlabeledSliceDataset",
     "ValidateVolumed",
@@ -52,6 +63,7 @@ __all__ = [
     "msd_heart_datalist",
     "named_datalist",
     "prepare_unlabeled",
+    "promise12_datalist",
     "resize_slices",
     "select_slices",
     "slice_augmentations",

@@ -14,6 +14,7 @@ Named splits (package data copied from the publications' lists, see ``splits/REA
 ``la_test``            the 20 LA 2018 test volumes (UA-MT ``test.list``)
 ``la_4scans``          224 foreground slices of the first 4 ``la_train`` volumes (H-SAM)
 ``promise12_3scans``   58 foreground slices of Case29, Case14, Case05 (H-SAM)
+``promise12_full``     all slices of the 40 non-test labelled PROMISE12 cases (no list file)
 ``promise12_test``     the 10 PROMISE12 test cases
 =====================  ======================================================================
 """
@@ -236,16 +237,21 @@ def msd_heart_datalist(
 
 
 def named_datalist(setting: str, root: str | os.PathLike) -> dict[str, list[dict]]:
-    """Datalist of a published setting (``synapse_full``, ``synapse_10pct``, ``la_4scans``) under ``root``:
-    TransUNet files when ``root`` has ``train_npz``/``test_vol_h5``, else raw BTCV NIfTI; LA h5 folders."""
+    """Datalist of a published setting (``synapse_full``, ``synapse_10pct``, ``la_4scans``, ``promise12_3scans``,
+    ``promise12_full``) under ``root``: TransUNet files when ``root`` has ``train_npz``/``test_vol_h5``, else raw
+    BTCV NIfTI; LA h5 folders; PROMISE12 ``.npy`` dicts or ``.mhd`` volumes."""
+    from samora_monai.data.promise12 import PROMISE12_SETTINGS, promise12_datalist  # local: it imports this module
+
     root = Path(root)
+    if setting in PROMISE12_SETTINGS:
+        return promise12_datalist(root, setting)
     if setting in SYNAPSE_SETTINGS:
         if (root / "train_npz").is_dir() or (root / "test_vol_h5").is_dir():
             return transunet_synapse_datalist(root, setting)
         return btcv_datalist(root, setting)
     if setting == "la_4scans":
         return la_datalist(root, setting)
-    raise ValueError(f"unknown setting {setting!r}; known: {(*SYNAPSE_SETTINGS, 'la_4scans')}")
+    raise ValueError(f"unknown setting {setting!r}; known: {(*SYNAPSE_SETTINGS, 'la_4scans', *PROMISE12_SETTINGS)}")
 
 
 def write_datalist(datalist: dict, path: str | os.PathLike, relative: bool = True) -> str:

@@ -130,8 +130,17 @@ class NpzSliceReader(ImageReader):
 
 
 def volume_readers(name: str = "image", spacing: Sequence[float] | None = None, h5_axes: str = "auto") -> list:
-    """The readers for one data key: NIfTI (nibabel), HDF5 dataset ``name``, npz array ``name``."""
-    return [NibabelReader(), H5VolumeReader(dataset=name, axes=h5_axes, spacing=spacing), NpzSliceReader(name, spacing)]
+    """The readers for one data key: NIfTI (nibabel), HDF5 dataset ``name``, npz array ``name``, and PROMISE12's
+    MetaImage ``.mhd`` and pickled-dict ``.npy`` (see :mod:`samora_monai.data.promise12`)."""
+    from samora_monai.data.promise12 import MetaImageReader, NpyDictReader  # local: promise12 builds on this module
+
+    return [
+        NibabelReader(),
+        H5VolumeReader(dataset=name, axes=h5_axes, spacing=spacing),
+        NpzSliceReader(name, spacing),
+        MetaImageReader(),
+        NpyDictReader(name, spacing=spacing),
+    ]
 
 
 class LoadVolumed(MapTransform):
@@ -178,7 +187,8 @@ class LoadVolumed(MapTransform):
                 raise FileNotFoundError(f"{key} file not found: {path}")
             reader = next((r for r in self.readers[key] if r.verify_suffix(path)), None)
             if reader is None:
-                raise ValueError(f"{key} file {path}: unsupported format (expected .nii, .nii.gz, .h5 or .npz)")
+                expected = ".nii, .nii.gz, .h5, .npz, .mhd or .npy"
+                raise ValueError(f"{key} file {path}: unsupported format (expected {expected})")
             try:
                 d[key] = self.loaders[key](path, reader=reader)
             except Exception as e:

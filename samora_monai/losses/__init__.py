@@ -1,6 +1,8 @@
-"""Stage-1 self-supervised objectives (image, patch, pixel level) and the stage-2 segmentation loss."""
+"""Stage-1 self-supervised objectives (image, patch, pixel level) and the stage-2 segmentation loss (at image or
+decoder resolution)."""
 
 from samora_monai.losses.distance import DISTANCES, feature_distance
+from samora_monai.losses.low_res import LowResLoss, zoom_nearest
 from samora_monai.losses.segmentation import segmentation_loss
 from samora_monai.losses.ssl import (
     Encode,
@@ -16,6 +18,7 @@ __all__ = [
     "DISTANCES",
     "Encode",
     "ImageLevelLoss",
+    "LowResLoss",
     "PatchLevelLoss",
     "PixelLevelLoss",
     "corrupt",
@@ -23,4 +26,5 @@ __all__ = [
     "gather_tokens",
     "mask_patches",
     "segmentation_loss",
+    "zoom_nearest",
 ]

@@ -2,12 +2,13 @@
 
 Files written to ``output_dir`` for each mode ``m``:
 
-- ``metrics_<m>.csv``: one row per case and class: ``case, class_index, class_name, dice, hd95``
-  (``nan`` where the mode leaves a value undefined);
-- ``metrics_<m>.json``: ``mode``, ``hd95_units``, ``empty_rules``, ``num_cases``, ``cases``, ``class_names``,
-  ``per_class`` (mean Dice / HD95 and ``n_dice`` / ``n_hd95``, the number of
-  defined values per class), ``mean_dice`` and ``mean_hd95``
-  (mean over classes of the per-class means, NaN-excluding; ``null`` when undefined) and ``provenance``.
+- ``metrics_<m>.csv``: one row per case and class: ``case, class_index, class_name, dice, hd95, jaccard, asd,
+  mode, units`` (``nan`` where the mode leaves a value undefined; ``units`` of HD95 and ASD, ``voxel`` or ``mm``);
+- ``metrics_<m>.json``: ``mode``, ``hd95_units``, ``asd_units``, ``metric_definitions``, ``empty_rules``,
+  ``num_cases``, ``cases``, ``class_names``, ``per_class`` (mean Dice / HD95 / Jaccard / ASD and ``n_dice``,
+  ``n_hd95``, ``n_jaccard``, ``n_asd``, the number of defined values per class), ``mean_dice``, ``mean_hd95``,
+  ``mean_jaccard`` and ``mean_asd`` (mean over classes of the per-class means, NaN-excluding; ``null`` when
+  undefined) and ``provenance``.
 
 The per-class mean over cases and then the mean over the K classes is the TransUNet aggregation.
 """
@@ -31,16 +32,23 @@ from monai.utils import ensure_tuple
 
 from samora_monai.inferers.io import atomic_output, case_name, prediction_path
 
-from .segmentation import MODES, UNITS, case_metrics
+from .segmentation import METRICS, MODES, UNITS, case_metrics
 
 __all__ = ["SegmentationReport", "evaluate_folder", "evaluate_pairs", "load_label_volume"]
 
 logger = logging.getLogger(__name__)
 
 EMPTY_RULES = {
-    "transunet": "pred and gt non-empty: (dice, hd95 pooled, voxels); pred non-empty, gt empty: (1, 0); "
-    "otherwise: (0, 0)",
-    "monai": "gt empty: (NaN, NaN), excluded from means; gt non-empty, pred empty: dice 0, hd95 = {missed}",
+    "transunet": "pred and gt non-empty: (dice, hd95 pooled, jaccard, asd symmetric; voxels); "
+    "pred non-empty, gt empty: (1, 0, 1, 0); otherwise: (0, 0, 0, 0)",
+    "monai": "gt empty: all NaN, excluded from means; gt non-empty, pred empty: dice 0, jaccard 0, "
+    "hd95 and asd = {missed}",
+}
+DEFINITIONS = {
+    "transunet": "medpy: dc, jc, hd95 (95th percentile of the pooled surface distances of both directions), "
+    "assd (mean of the two directed mean surface distances); no spacing",
+    "monai": "MONAI: compute_dice, compute_iou, compute_hausdorff_distance(percentile=95) (max of the two directed "
+    "95th percentiles), compute_average_surface_distance(symmetric=True) (mean of the pooled distances); spacing mm",
 }
 
 
@@ -59,7 +67,7 @@ class SegmentationReport:
     Args:
         class_names: names of the foreground classes ``1..K`` (background excluded).
         modes: ``"transunet"``, ``"monai"`` or both.
-        missed_hd95: HD95 of a missed class in ``"monai"`` mode, ``"diagonal"`` or ``"nan"``.
+        missed_hd95: HD95 and ASD of a missed class in ``"monai"`` mode, ``"diagonal"`` or ``"nan"``.
         provenance: extra facts written into every JSON summary (split, checkpoint, intensity window, ...).
     """
 
@@ -93,7 +101,7 @@ class SegmentationReport:
         label: np.ndarray | torch.Tensor,
         spacing: Sequence[float] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Evaluate one case (integer label volumes ``[X, Y, Z]``); returns ``{mode: [K, 2] (dice, hd95)}``."""
+        """Evaluate one case (integer label volumes ``[X, Y, Z]``); returns ``{mode: [K, 4]}`` (``METRICS``)."""
         if case in self.cases:
             raise ValueError(f"case {case!r} was already added")
         row = {
@@ -107,29 +115,26 @@ class SegmentationReport:
 
     def summary(self, mode: str) -> dict[str, Any]:
         """The JSON summary of ``mode`` as a dict (``None`` for undefined means)."""
-        values = np.stack(self.values[mode]) if self.cases else np.zeros((0, self.num_classes, 2))
-        per_class = {}
-        dice_means, hd_means = [], []
-        for c, name in enumerate(self.class_names):
-            d, h = _nanmean(values[:, c, 0]), _nanmean(values[:, c, 1])
-            dice_means.append(d)
-            hd_means.append(h)
-            per_class[name] = {
-                "dice": _nan_to_none(d),
-                "hd95": _nan_to_none(h),
-                "n_dice": int(np.sum(~np.isnan(values[:, c, 0]))),
-                "n_hd95": int(np.sum(~np.isnan(values[:, c, 1]))),
+        values = np.stack(self.values[mode]) if self.cases else np.zeros((0, self.num_classes, len(METRICS)))
+        means = np.array([[_nanmean(values[:, c, m]) for m in range(len(METRICS))] for c in range(self.num_classes)])
+        per_class = {
+            name: {
+                **{metric: _nan_to_none(means[c, m]) for m, metric in enumerate(METRICS)},
+                **{f"n_{metric}": int(np.sum(~np.isnan(values[:, c, m]))) for m, metric in enumerate(METRICS)},
             }
+            for c, name in enumerate(self.class_names)
+        }
         return {
             "mode": mode,
             "hd95_units": UNITS[mode],
+            "asd_units": UNITS[mode],
+            "metric_definitions": DEFINITIONS[mode],
             "empty_rules": EMPTY_RULES[mode].format(missed=self.missed_hd95),
             "num_cases": len(self.cases),
             "cases": list(self.cases),
             "class_names": list(self.class_names),
             "per_class": per_class,
-            "mean_dice": _nan_to_none(_nanmean(np.asarray(dice_means))),
-            "mean_hd95": _nan_to_none(_nanmean(np.asarray(hd_means))),
+            **{f"mean_{metric}": _nan_to_none(_nanmean(means[:, m])) for m, metric in enumerate(METRICS)},
             "provenance": self.provenance,
         }
 
@@ -141,10 +146,10 @@ class SegmentationReport:
             csv_path, json_path = output_dir / f"{prefix}_{mode}.csv", output_dir / f"{prefix}_{mode}.json"
             with atomic_output(csv_path) as tmp, open(tmp, "w", newline="") as f:
                 writer = csv.writer(f)
-                writer.writerow(["case", "class_index", "class_name", "dice", "hd95"])
+                writer.writerow(["case", "class_index", "class_name", *METRICS, "mode", "units"])
                 for case, v in zip(self.cases, self.values[mode], strict=True):
                     for c, name in enumerate(self.class_names):
-                        writer.writerow([case, c + 1, name, repr(float(v[c, 0])), repr(float(v[c, 1]))])
+                        writer.writerow([case, c + 1, name, *(repr(float(x)) for x in v[c]), mode, UNITS[mode]])
             with atomic_output(json_path) as tmp, open(tmp, "w") as f:
                 json.dump(self.summary(mode), f, indent=2, allow_nan=False)
             paths[mode] = {"csv": csv_path, "json": json_path}
