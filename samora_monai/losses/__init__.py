@@ -1,6 +1,7 @@
 """Stage-1 self-supervised objectives (image, patch, pixel level) and the stage-2 segmentation loss."""
 
 from samora_monai.losses.distance import DISTANCES, feature_distance
+from samora_monai.losses.dual import DualStageLoss, LowResLoss, dual_loss_weight
 from samora_monai.losses.segmentation import segmentation_loss
 from samora_monai.losses.ssl import (
     Encode,
@@ -14,11 +15,14 @@ from samora_monai.losses.ssl import (
 
 __all__ = [
     "DISTANCES",
+    "DualStageLoss",
     "Encode",
     "ImageLevelLoss",
+    "LowResLoss",
     "PatchLevelLoss",
     "PixelLevelLoss",
     "corrupt",
+    "dual_loss_weight",
     "feature_distance",
     "gather_tokens",
     "mask_patches",
