@@ -77,7 +77,7 @@ def test_handler_sets_the_trainer_epoch_and_loss_trains_a_network():
     DualLossEpochHandler(loss).attach(trainer)
     trainer.run([0, 1], max_epochs=3)
     assert [(e, le) for e, le, _ in seen] == [(1, 0), (1, 0), (2, 1), (2, 1), (3, 2), (3, 2)]
-    assert [w for *_, w in seen][::2] == pytest.approx([0.6, 0.6 ** 0.99, 0.6 ** (0.99**2)])
+    assert [w for *_, w in seen][::2] == pytest.approx([0.6, 0.6**0.99, 0.6 ** (0.99**2)])
     with pytest.raises(TypeError, match="DualStageLoss"):
         DualLossEpochHandler(LowResLoss())
 
