@@ -6,6 +6,8 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from samora_monai.handlers import DualLossEpochHandler
+from samora_monai.inferers import AuxOutputInferer
 from samora_monai.losses import DualStageLoss, LowResLoss
 from samora_monai.networks import SamoraNet, configure_stage
 
@@ -101,6 +103,10 @@ def test_hsamora_overlay_stage2_gradients_reach_exactly_hl_attn_and_both_decoder
     parser = overlay_network("hsamora.yaml", tmp_path)
     net, loss = parser.get_parsed_content("network"), parser.get_parsed_content("loss")
     assert net.decoder == "hsam" and isinstance(loss, DualStageLoss) and loss.loss1.loss.lambda_dice == 0.8
+    last = len(parser["train#handlers"]) - 1  # appended by the overlay's +train#handlers
+    handler = parser.get_parsed_content(f"train#handlers#{last}")
+    assert isinstance(handler, DualLossEpochHandler) and handler.loss is loss
+    assert isinstance(parser.get_parsed_content("train#inferer"), AuxOutputInferer)
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
     expected = {
         n for n, _ in net.named_parameters() if ".fusion." in n or n.startswith(("mask_decoder.", "mask_decoder2."))

@@ -138,6 +138,7 @@ def _plot(runs: Mapping[str, dict], baseline: str, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, run in runs.items():
@@ -146,6 +147,7 @@ def _plot(runs: Mapping[str, dict], baseline: str, path: Path) -> Path:
     final = [d for _, d, _ in runs[baseline]["curve"] if d is not None]
     if final:
         ax.axhline(final[-1], color="grey", linestyle="--", label=f"{baseline} final")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="epoch", ylabel="validation mean Dice", title="Dice versus epoch")
     ax.legend()
     fig.tight_layout()
