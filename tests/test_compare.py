@@ -67,6 +67,16 @@ def test_compare_two_overlays(tmp_path, capsys):
         compare(str(BUNDLES["synapse"]), ["samed"], str(out), epochs=1, datalist=datalist, overrides=TINY)
 
 
+def test_compare_failed_run_names_its_log(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("network_def#decoder: nosuch\n")
+    items = write_nifti_cases(tmp_path / "data", n=1)
+    datalist = write_datalist(tmp_path / "dl.json", training=items, validation=items)
+    with pytest.raises(RuntimeError, match=r"training failed .*bad[/\\]train.log") as err:
+        compare(str(BUNDLES["synapse"]), str(bad), str(tmp_path / "cmp"), epochs=1, datalist=datalist, overrides=TINY)
+    assert "nosuch" in str(err.value)
+
+
 def test_compare_rejects_missing_overlay_and_registers_cli(tmp_path):
     with pytest.raises(FileNotFoundError, match="nosuch.yaml"):
         overlay_files(BUNDLES["synapse"], "nosuch")

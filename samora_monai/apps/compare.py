@@ -19,6 +19,7 @@ import csv
 import json
 import logging
 import math
+import re
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,8 @@ from samora_monai.handlers.learning_curve import CURVE_FILE, INFO_FILE
 __all__ = ["compare", "epochs_to_reach", "load_run", "overlay_files"]
 
 logger = logging.getLogger(__name__)
+
+_ERROR = re.compile(r"^[\w.]+(Error|Exception|Interrupt)\b")
 
 
 def overlay_files(bundle: Path, overlay: str) -> tuple[str, list[Path]]:
@@ -55,8 +58,8 @@ def _bundle_run(workflow: str, configs: Sequence[Path], overrides: Mapping[str, 
     with open(log, "w") as f:
         result = subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, text=True)
     if result.returncode != 0:
-        tail = log.read_text()[-3000:]
-        raise RuntimeError(f"{workflow} failed (exit {result.returncode}); full log: {log}\n{tail}")
+        errors = [line for line in log.read_text().splitlines() if _ERROR.match(line)]  # the exception chain
+        raise RuntimeError(f"{workflow} failed (exit {result.returncode}); full log: {log}\n" + "\n".join(errors))
 
 
 def load_run(run_dir: Path, mode: str = "transunet") -> dict[str, Any]:
@@ -174,6 +177,7 @@ def compare(
     ``baseline`` (default: the first overlay) sets the target Dice. Returns the table rows and the output paths.
     """
     bundle_dir, out = Path(bundle).resolve(), Path(output_dir).resolve()
+    overlays = [overlays] if isinstance(overlays, str) else list(overlays)
     resolved = dict(overlay_files(bundle_dir, o) for o in overlays)
     if len(resolved) != len(overlays):
         raise ValueError(f"overlays {list(overlays)} repeat a run name")
