@@ -14,6 +14,7 @@ COMMANDS: dict[str, str] = {
     "monailabel_serve": "samora_monai.monailabel_app:monailabel_serve",
     "make_demo_data": "samora_monai.data.phantom:make_demo_data",
     "demo": "samora_monai.demo:run_demo",
+    "compare": "samora_monai.apps.compare:compare",
 }
 
 

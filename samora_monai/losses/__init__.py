@@ -2,6 +2,7 @@
 decoder resolution)."""
 
 from samora_monai.losses.distance import DISTANCES, feature_distance
+from samora_monai.losses.dual import DualStageLoss, dual_loss_weight
 from samora_monai.losses.low_res import LowResLoss, zoom_nearest
 from samora_monai.losses.segmentation import segmentation_loss
 from samora_monai.losses.ssl import (
@@ -16,12 +17,14 @@ from samora_monai.losses.ssl import (
 
 __all__ = [
     "DISTANCES",
+    "DualStageLoss",
     "Encode",
     "ImageLevelLoss",
     "LowResLoss",
     "PatchLevelLoss",
     "PixelLevelLoss",
     "corrupt",
+    "dual_loss_weight",
     "feature_distance",
     "gather_tokens",
     "mask_patches",

@@ -7,10 +7,12 @@ from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from monai.utils import look_up_option
 from torch import nn
 
 from samora_monai.networks.decoders import PromptFreeMaskDecoder
 from samora_monai.networks.hl_attn import build_fusion
+from samora_monai.networks.hsam_decoder import HSamStage2Decoder
 from samora_monai.networks.lora import DEFAULT_LEVELS, HierarchicalLoRA
 from samora_monai.networks.sam_backbone import (
     build_image_encoder,
@@ -24,7 +26,9 @@ from samora_monai.networks.samora_block import BLOCK_MODES, SamoraBlock
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SamoraNet"]
+__all__ = ["DECODERS", "SamoraNet"]
+
+DECODERS = ("sam", "hsam")
 
 
 class SamoraNet(nn.Module):
@@ -53,6 +57,10 @@ class SamoraNet(nn.Module):
         sam_checkpoint: local path of an official SAM checkpoint (e.g. ``sam_vit_b_01ec64.pth``).
         random_init: must be True to build without ``sam_checkpoint`` (random SAM weights).
         expert_checkpoints: ``{level: path}`` of stage-1 expert files to load.
+        decoder: ``"sam"`` (SAM's decoder, prompt-free) or ``"hsam"`` (H-SAM's two-stage decoder: stage 1 is
+            ``mask_decoder``, loaded from SAM like the plain one; stage 2 is ``mask_decoder2``, trained from scratch).
+        hsam_guided_attention: ``"published"`` or ``"working"`` mask-guided self-attention in H-SAM's stage 2
+            (see :mod:`samora_monai.networks.hsam_decoder`).
     """
 
     def __init__(
@@ -74,6 +82,8 @@ class SamoraNet(nn.Module):
         sam_checkpoint: str | None = None,
         random_init: bool = False,
         expert_checkpoints: Mapping[str, str] | None = None,
+        decoder: str = "sam",
+        hsam_guided_attention: str = "published",
     ) -> None:
         super().__init__()
         if in_channels not in (1, 3):
@@ -99,6 +109,12 @@ class SamoraNet(nn.Module):
         self.image_encoder = build_image_encoder(variant, img_size)
         self.prompt_encoder = build_prompt_encoder(variant, img_size)
         self.mask_decoder = build_mask_decoder(variant, num_classes, PromptFreeMaskDecoder)
+        self.decoder = look_up_option(decoder, DECODERS)
+        if self.decoder == "hsam":
+            self.mask_decoder2 = HSamStage2Decoder(
+                cfg.prompt_dim, num_classes, img_size // 16, cfg.decoder_heads, cfg.decoder_mlp_dim,
+                hsam_guided_attention,
+            )
         for i, block in enumerate(self.image_encoder.blocks):
             lora = fuse = None
             if self.levels and i in self.lora_blocks:
@@ -111,7 +127,10 @@ class SamoraNet(nn.Module):
 
         if sam_checkpoint is not None:
             load_sam_state_dict(
-                self, read_checkpoint(sam_checkpoint), allowed_missing=(".lora.", ".fusion."), source=sam_checkpoint
+                self,
+                read_checkpoint(sam_checkpoint),
+                allowed_missing=(".lora.", ".fusion.", "mask_decoder2."),
+                source=sam_checkpoint,
             )
         else:
             logger.warning("SamoraNet(%s) built with RANDOM SAM weights (random_init=True).", variant)
@@ -156,18 +175,28 @@ class SamoraNet(nn.Module):
             tokens = block(tokens)
         return tokens, encoder.neck(tokens.permute(0, 3, 1, 2))
 
-    def decode(self, embedding: torch.Tensor) -> torch.Tensor:
-        """embedding [B, P, g, g] -> low-resolution logits [B, num_classes + 1, 4g, 4g], prompt-free."""
+    def _prompt_free(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image positional encoding, no-mask dense embedding), each [1, P, g, g]."""
         pe = self.prompt_encoder
-        dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *embedding.shape[-2:])
-        return self.mask_decoder(embedding, pe.get_dense_pe(), dense)
+        return pe.get_dense_pe(), pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, *embedding.shape[-2:])
+
+    def decode(self, embedding: torch.Tensor) -> torch.Tensor:
+        """embedding [B, P, g, g] -> low-resolution logits [B, num_classes + 1, 4g, 4g], prompt-free (stage 1)."""
+        return self.mask_decoder(embedding, *self._prompt_free(embedding))
 
     def forward_with_aux(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"logits": [B, K+1, H, W], "low_res_logits": [B, K+1, S/4, S/4]}`` for trainers."""
-        low_res = self.decode(self.encode(x)[1])
+        """``{"logits": [B, K+1, H, W], "low_res_logits": [B, K+1, S/4, S/4]}`` for trainers; with the H-SAM
+        decoder also ``"logits1"``/``"logits2"`` (each stage at [H, W]; ``"logits"`` is their average)."""
+        embedding = self.encode(x)[1]
+        if self.decoder == "hsam":
+            pe, dense = self._prompt_free(embedding)
+            return self.mask_decoder2.two_stage(self.mask_decoder, embedding, pe, dense, x.shape[-2:])
+        low_res = self.decode(embedding)
         logits = F.interpolate(low_res, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return {"logits": logits, "low_res_logits": low_res}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, in_channels, H, W] in [0, 1] -> logits [B, num_classes + 1, H, W]."""
-        return self.forward_with_aux(x)["logits"]
+    def forward(self, x: torch.Tensor, aux: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+        """x [B, in_channels, H, W] in [0, 1] -> logits [B, num_classes + 1, H, W] (``aux``: the dict of
+        :meth:`forward_with_aux`, for losses on every output, also through ``DistributedDataParallel``)."""
+        out = self.forward_with_aux(x)
+        return out if aux else out["logits"]

@@ -1,0 +1,6 @@
+"""Ignite handlers for the bundles' workflows."""
+
+from samora_monai.handlers.dual_loss import DualLossEpochHandler
+from samora_monai.handlers.learning_curve import LearningCurveWriter
+
+__all__ = ["DualLossEpochHandler", "LearningCurveWriter"]
