@@ -166,7 +166,11 @@ def test_stage2_gradients_reach_exactly_fusion_and_decoder():
     for block in net.samora_blocks:
         randomize_experts(block.lora)
     configure_stage(net, "stage2")
+    calls = []
+    for block in net.samora_blocks:
+        block.attn.qkv.register_forward_hook(lambda m, i, o: calls.append(o.shape))
     net(torch.rand(2, 1, 64, 64)).square().mean().backward()
+    assert len(calls) == len(net.samora_blocks) == 6  # one qkv projection per block for base + 3 experts
     reached = {n for n, p in net.named_parameters() if p.grad is not None}
     expected = {n for n, _ in net.named_parameters() if ".fusion." in n or n.startswith("mask_decoder.")}
     assert reached == trainable_names(net) == expected
@@ -185,6 +189,15 @@ def test_stage1_gradients_reach_exactly_the_active_expert_and_head():
     assert reached == trainable_names(net) == {n for n, _ in net.named_parameters() if ".experts.patch." in n}
     assert len({n.split(".lora")[0] for n in reached}) == len(net.samora_blocks)  # every Hiera block
     assert all(p.grad is not None for p in head.parameters())
+
+
+def test_samed_stage_trains_one_expert_and_the_decoder():
+    net = tiny_net()
+    configure_stage(net, "samed", "image")
+    net(torch.rand(1, 1, 64, 64)).square().mean().backward()
+    reached = {n for n, p in net.named_parameters() if p.grad is not None}
+    expected = {n for n, _ in net.named_parameters() if ".experts.image." in n or n.startswith("mask_decoder.")}
+    assert reached == trainable_names(net) == expected and net.mode == "expert"
 
 
 def test_expert_files_record_the_backbone(tmp_path):

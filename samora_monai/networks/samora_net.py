@@ -13,7 +13,6 @@ from torch import nn
 from samora_monai.networks.decoders import PromptFreeMaskDecoder
 from samora_monai.networks.hl_attn import build_fusion
 from samora_monai.networks.lora import DEFAULT_LEVELS, HierarchicalLoRA
-from samora_monai.networks.sam2_backbone import build_sam2_modules, load_sam2_state_dict
 from samora_monai.networks.sam_backbone import (
     build_image_encoder,
     build_mask_decoder,
@@ -29,6 +28,18 @@ logger = logging.getLogger(__name__)
 __all__ = ["SamoraNet", "BACKBONES"]
 
 BACKBONES = ("sam", "sam2")
+
+
+def _sam2_backbone():
+    """The SAM 2 backbone module, imported on first use: it needs the optional ``sam2`` package."""
+    try:
+        from samora_monai.networks import sam2_backbone
+    except ImportError as e:
+        raise ImportError(
+            f"backbone='sam2' needs the sam2 package ({e}); install it with `make venv` or "
+            '`SAM2_BUILD_CUDA=0 pip install --no-build-isolation -c requirements/constraints.txt -e ".[sam2]"`.'
+        ) from e
+    return sam2_backbone
 
 
 class SamoraNet(nn.Module):
@@ -106,7 +117,7 @@ class SamoraNet(nn.Module):
             self._build_sam(lora_blocks, *fusion_args)
 
         if sam_checkpoint is not None:
-            load = load_sam2_state_dict if self.backbone == "sam2" else load_sam_state_dict
+            load = _sam2_backbone().load_sam2_state_dict if self.backbone == "sam2" else load_sam_state_dict
             load(self, read_checkpoint(sam_checkpoint), allowed_missing=(".lora.", ".fusion."), source=sam_checkpoint)
         else:
             logger.warning("SamoraNet(%s) built with RANDOM SAM weights (random_init=True).", variant)
@@ -119,7 +130,8 @@ class SamoraNet(nn.Module):
 
     def _build_sam2(self, lora_blocks, fusion, fusion_order, fusion_width, fusion_heads, fusion_init) -> None:
         """SAM 2.1 Hiera encoder, prompt encoder and prompt-free high-resolution decoder."""
-        self.image_encoder, self.prompt_encoder, self.mask_decoder, self.lora_blocks = build_sam2_modules(
+        build = _sam2_backbone().build_sam2_modules
+        self.image_encoder, self.prompt_encoder, self.mask_decoder, self.lora_blocks = build(
             self.variant, self.img_size, self.num_classes, self.levels, self.lora_rank, lora_blocks,
             fusion, fusion_order, fusion_width, fusion_heads, fusion_init,
         )
