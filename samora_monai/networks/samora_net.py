@@ -71,7 +71,8 @@ class SamoraNet(nn.Module):
         backbone: ``"sam"`` (SAM 1 ViT) or ``"sam2"`` (SAM 2.1 Hiera + FPN neck, built by
             :func:`~samora_monai.networks.sam2_backbone.build_sam2_modules`: the experts sit in the Hiera blocks,
             ``encode`` gives the stride-16 trunk tokens and the stride-16 neck map, the decoder also uses the
-            stride-4/8 neck maps).
+            stride-4/8 neck maps). Both families get [0, 1] images without mean/std normalisation (SAMed
+            convention; SAM 2's own predictor normalises with ImageNet statistics).
     """
 
     def __init__(
