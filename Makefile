@@ -15,6 +15,8 @@ $(STAMP): setup.cfg pyproject.toml requirements/constraints.txt requirements/mon
 	$(PY) -m pip install --quiet --upgrade "pip>=23.2"
 	$(PY) -m pip install --quiet -c requirements/constraints.txt -e ".[dev,monailabel]"
 	$(PY) -m pip install --quiet --no-deps -c requirements/constraints.txt -r requirements/monailabel.txt
+	$(PY) -m pip install --quiet -c requirements/constraints.txt setuptools
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install --quiet --no-build-isolation -c requirements/constraints.txt -e ".[sam2]"
 	touch $(STAMP)
 
 test: $(STAMP)

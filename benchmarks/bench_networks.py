@@ -12,6 +12,7 @@ peak, the training footprint = parameters + gradients + AdamW state + every tens
 (deduplicated by storage), which is what dominates the peak.
 
     python benchmarks/bench_networks.py --variant vit_b --img_size 224 --batch 4 --steps 5
+    python benchmarks/bench_networks.py --backbone sam2 --variant hiera_b+ --img_size 224 --batch 4 --steps 5
 """
 
 from __future__ import annotations
@@ -26,13 +27,17 @@ from monai.losses import DiceCELoss
 from samora_monai.networks import SamoraNet, configure_stage
 
 
-def build(name: str, variant: str, img_size: int, num_classes: int) -> tuple[SamoraNet, dict[str, int]]:
+def build(
+    name: str, variant: str, img_size: int, num_classes: int, backbone: str = "sam"
+) -> tuple[SamoraNet, dict[str, int]]:
     torch.manual_seed(0)
     if name == "samed":
-        net = SamoraNet(num_classes, variant, img_size, levels=("samed",), fusion="sum", random_init=True)
+        net = SamoraNet(
+            num_classes, variant, img_size, levels=("samed",), fusion="sum", random_init=True, backbone=backbone
+        )
         return net, configure_stage(net, "samed", level="samed")
     fusion = {"samora": "hl_attn", "samora_lite": "hl_attn_lite"}[name]
-    net = SamoraNet(num_classes, variant, img_size, fusion=fusion, random_init=True)
+    net = SamoraNet(num_classes, variant, img_size, fusion=fusion, random_init=True, backbone=backbone)
     return net, configure_stage(net, "stage2")
 
 
@@ -75,7 +80,8 @@ def step(net, optimizer, loss_fn, x, y, device) -> tuple[float, float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variant", default="vit_b")
+    parser.add_argument("--backbone", default="sam", choices=("sam", "sam2"))
+    parser.add_argument("--variant", default="vit_b", help="vit_b|vit_l|vit_h (sam), hiera_t|hiera_s|hiera_b+|hiera_l")
     parser.add_argument("--img_size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per configuration (after 1 warm-up)")
@@ -84,12 +90,13 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names = args.configs.split(",")
-    print(f"device={device} variant={args.variant} img_size={args.img_size} batch={args.batch} steps={args.steps}")
+    print(f"device={device} backbone={args.backbone} variant={args.variant}")
+    print(f"img_size={args.img_size} batch={args.batch} steps={args.steps}")
     print("weights are randomly initialised (timing and memory do not depend on their values)")
 
     runs = {}
     for name in names:
-        net, counts = build(name, args.variant, args.img_size, args.num_classes)
+        net, counts = build(name, args.variant, args.img_size, args.num_classes, args.backbone)
         net = net.to(device).train()
         optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
         runs[name] = {"net": net, "opt": optimizer, "counts": counts, "times": [], "cpu": [], "mem": []}

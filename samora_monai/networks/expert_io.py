@@ -28,11 +28,12 @@ def expert_state_dict(net: SamoraNet, level: str) -> dict[str, torch.Tensor]:
 
 
 def save_expert(net: SamoraNet, level: str, path: str, summary: Mapping[str, Any] | None = None) -> str:
-    """Write expert ``level`` with its level, rank, backbone variant, image size and a training summary."""
+    """Write expert ``level`` with its level, rank, backbone family and variant, image size and a training summary."""
     record = {
         "format": EXPERT_FORMAT,
         "level": level,
         "rank": net.lora_rank,
+        "backbone": net.backbone,
         "variant": net.variant,
         "img_size": net.img_size,
         "lora_blocks": list(net.lora_blocks),
@@ -64,12 +65,14 @@ def load_expert(net: SamoraNet, path: str, level: str | None = None) -> dict[str
     expected = {
         "level": level,
         "rank": net.lora_rank,
+        "backbone": net.backbone,
         "variant": net.variant,
         "img_size": net.img_size,
         "lora_blocks": list(net.lora_blocks),
     }
+    found = {"backbone": "sam", **record}  # files written before SAM 2 support hold SAM 1 experts
     mismatches = [
-        f"{k}: file has {record.get(k)!r}, network needs {v!r}" for k, v in expected.items() if record.get(k) != v
+        f"{k}: file has {found.get(k)!r}, network needs {v!r}" for k, v in expected.items() if found.get(k) != v
     ]
     if mismatches:
         raise ValueError(f"Expert file {path} does not fit this network: " + "; ".join(mismatches))
