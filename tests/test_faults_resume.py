@@ -2,7 +2,7 @@
 middle of epoch 2 and rerun with the same command continue from the epoch-1 checkpoint.
 
 Each run goes through the real ``python -m monai.bundle run training`` CLI with a test overlay config that appends
-:class:`fault_probe.FaultProbe` to ``train#handlers`` (both runs use the same command): it records the weights and
+:class:`run_probes.FaultProbe` to ``train#handlers`` (both runs use the same command): it records the weights and
 the optimizer step counters when a run starts (after the resume loader) and holds the first run at iteration 2 of
 epoch 2 (of 6) until the test kills it, so the kill never lands on an epoch boundary. Checked: the rerun restored
 the last checkpoint (log line, epoch counter), its starting weights equal that checkpoint's (and differ from the
@@ -24,8 +24,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from fault_probe import HOLD_MARKER, optimizer_steps
 from monai.bundle import ConfigParser
+from run_probes import HOLD_MARKER, optimizer_steps
 from test_bundle_units import BUNDLES, write_datalist, write_nifti_cases
 
 from samora_monai.data import prepare_unlabeled
@@ -42,7 +42,7 @@ TINY = ["--variant", "tiny", "--img_size", "32", "--random_init", "true", "--epo
 def write_overlay(path: Path, probe_dir: Path, module: str) -> str:
     path.write_text(
         "+train#handlers:\n"
-        "  - _target_: fault_probe.FaultProbe\n"
+        "  - _target_: run_probes.FaultProbe\n"
         f"    folder: '{probe_dir}'\n"
         f"    module: '{module}'\n"
         "    optimizer: '@optimizer'\n"

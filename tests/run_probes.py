@@ -1,7 +1,10 @@
-"""Test instrument for tests/test_faults_resume.py, imported by the bundle run in a subprocess (added to its
-handlers by an overlay config): records the trained weights and the optimizer step when the run starts (after the
-resume loader) and holds the first run inside an epoch so that the test's SIGKILL lands mid-epoch, never at an
-epoch boundary. It changes no value of the run."""
+"""Test instruments imported by bundle runs in subprocesses (appended to ``train#handlers`` by an overlay config);
+they record, and change no value of the run.
+
+- :class:`FaultProbe` (tests/test_faults_resume.py): the trained weights and the optimizer step when the run starts
+  (after the resume loader); holds the first run inside an epoch so that the test's SIGKILL lands mid-epoch;
+- :class:`RankWeights` (tests/test_ddp_equivalence.py): every rank's parameters when training completes.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 from torch import nn
 from torch.optim import Optimizer
@@ -55,3 +59,21 @@ class FaultProbe:
             print(HOLD_MARKER, engine.state.epoch, in_epoch, engine.state.epoch_length, flush=True)
             sys.stdout.flush()
             time.sleep(600)
+
+
+class RankWeights:
+    """``STARTED`` / ``COMPLETED``: save the module's ``state_dict`` to ``<folder>/rank<r>_started.pt`` /
+    ``rank<r>_completed.pt`` (r = process rank, 0 if not distributed)."""
+
+    def __init__(self, folder: str, module: nn.Module) -> None:
+        self.folder, self.module = Path(folder), module
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.save, "started")
+        engine.add_event_handler(Events.COMPLETED, self.save, "completed")
+
+    def save(self, engine: Engine, tag: str) -> None:
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        state = {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
+        torch.save(state, self.folder / f"rank{rank}_{tag}.pt")
