@@ -3,7 +3,10 @@ they record, and change no value of the run.
 
 - :class:`FaultProbe` (tests/test_faults_resume.py): the trained weights and the optimizer step when the run starts
   (after the resume loader); holds the first run inside an epoch so that the test's SIGKILL lands mid-epoch;
-- :class:`RankWeights` (tests/test_ddp_equivalence.py): every rank's parameters when training completes.
+- :class:`RankWeights` (tests/test_ddp_equivalence.py): every rank's parameters when training completes;
+- :class:`ThresholdNet` (tests/test_inference_geometry.py): a stand-in for the network only (``network_def``
+  override), whose output is known: class 1 where the normalised intensity exceeds a threshold stored in
+  ``model.pt``.
 """
 
 from __future__ import annotations
@@ -77,3 +80,19 @@ class RankWeights:
         rank = dist.get_rank() if dist.is_initialized() else 0
         state = {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
         torch.save(state, self.folder / f"rank{rank}_{tag}.pt")
+
+
+class ThresholdNet(nn.Module):
+    """``x [N, 1, H, W]`` -> logits ``[N, 2, H, W]``: background 0, class 1 ``scale * (x - threshold)``.
+
+    ``threshold`` and ``scale`` are parameters, so their values come from the loaded checkpoint (the defaults
+    segment nothing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threshold = nn.Parameter(torch.tensor(2.0))
+        self.scale = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logit = self.scale * (x - self.threshold)
+        return torch.cat([torch.zeros_like(logit), logit], dim=1)
