@@ -4,6 +4,7 @@ they record, and change no value of the run.
 - :class:`FaultProbe` (tests/test_faults_resume.py): the trained weights and the optimizer step when the run starts
   (after the resume loader); holds the first run inside an epoch so that the test's SIGKILL lands mid-epoch;
 - :class:`RankWeights` (tests/test_ddp_equivalence.py): every rank's parameters when training completes;
+- :class:`LossRecorder` (tests/test_determinism.py): every iteration's loss, at full precision;
 - :class:`ThresholdNet` (tests/test_inference_geometry.py): a stand-in for the network only (``network_def``
   override), whose output is known: class 1 where the normalised intensity exceeds a threshold stored in
   ``model.pt``.
@@ -11,6 +12,7 @@ they record, and change no value of the run.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
+from monai.handlers import from_engine
 from torch import nn
 from torch.optim import Optimizer
 
@@ -96,3 +99,22 @@ class ThresholdNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logit = self.scale * (x - self.threshold)
         return torch.cat([torch.zeros_like(logit), logit], dim=1)
+
+
+class LossRecorder:
+    """``ITERATION_COMPLETED``: append ``[epoch, iteration, float(loss)]``; ``COMPLETED``: write the list as JSON to
+    ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.losses = Path(path), []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.record)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def record(self, engine: Engine) -> None:
+        loss = from_engine(["loss"], first=True)(engine.state.output)
+        self.losses.append([engine.state.epoch, engine.state.iteration, float(loss)])
+
+    def write(self, engine: Engine) -> None:
+        self.path.write_text(json.dumps(self.losses))
