@@ -24,14 +24,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 from run_probes import HOLD_MARKER, optimizer_steps
 from test_bundle_units import BUNDLES, write_datalist, write_nifti_cases
 
 from samora_monai.data import prepare_unlabeled
+from samora_monai.engines import AtomicCheckpointSaver, ResumeCheckpointSaver, atomic_checkpoint
 from samora_monai.networks import SamoraNet, read_expert_file
-
-pytestmark = pytest.mark.slow
 
 TESTS = Path(__file__).resolve().parent
 EPOCHS, ITERS = 3, 6  # 12 slices (2 volumes x 6), batch 2
@@ -114,6 +114,7 @@ def btcv_run(tmp_path) -> tuple[list[str], Path, Path]:
     return cmd, root, probe
 
 
+@pytest.mark.slow
 def test_stage2_sigkill_mid_epoch_resumes(btcv_run, tmp_path):
     cmd, root, probe = btcv_run
     ckpt_dir = root / "models" / "checkpoints"
@@ -165,6 +166,7 @@ def unlabeled_root(tmp_path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_stage1_sigkill_mid_epoch_resumes(unlabeled_root, tmp_path):
     root, probe = unlabeled_root, tmp_path / "probe"
     configs = [str(BUNDLES["synapse"] / "configs" / "pretrain_pixel.yaml"),
@@ -198,3 +200,53 @@ def test_stage1_sigkill_mid_epoch_resumes(unlabeled_root, tmp_path):
                     expert_checkpoints={"pixel": str(root / "models" / "experts" / "pixel.pt")})  # fmt: skip
     loaded = {k: v for k, v in net.state_dict().items() if ".experts.pixel." in k}
     assert loaded and all(torch.equal(loaded[k], v) for k, v in record["state_dict"].items() if k in loaded)
+
+
+# ------------------------------------------------------------------------- the saver itself, in process (fast)
+
+
+def _engine_with_metric(values: list[float]) -> Engine:
+    engine = Engine(lambda e, b: None)
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def _metric(e: Engine) -> None:
+        e.state.metrics["dice"] = values[e.state.epoch - 1]
+
+    return engine
+
+
+def test_atomic_saver_keeps_old_model_when_a_save_fails(tmp_path, monkeypatch):
+    net = torch.nn.Linear(2, 2)
+    saver = AtomicCheckpointSaver(str(tmp_path), {"model": net}, save_key_metric=True, key_metric_name="dice",
+                                  key_metric_filename="model.pt")  # fmt: skip
+    engine = _engine_with_metric([0.1, 0.5])
+    saver.attach(engine)
+    engine.run([0], max_epochs=1)
+    first = (tmp_path / "model.pt").read_bytes()
+
+    def killed_mid_write(obj, path, **kwargs):
+        Path(path).write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(atomic_checkpoint.torch, "save", killed_mid_write)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    with pytest.raises(KeyboardInterrupt):
+        engine.run([0], max_epochs=2)  # epoch 2 scores better: model.pt is replaced, never deleted first
+    assert (tmp_path / "model.pt").read_bytes() == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_resume_saver_prunes_stale_checkpoints_and_temporary_files(tmp_path):
+    for name in ("latest_checkpoint_epoch=1.pt", "latest_checkpoint_epoch=2.pt", ".tmp-0123456789ab-model.pt"):
+        (tmp_path / name).write_bytes(b"from a killed run")
+    (tmp_path / "model.pt").write_bytes(b"kept")
+    net = torch.nn.Linear(2, 2)
+    saver = ResumeCheckpointSaver(str(tmp_path), {"model": net, "opt": torch.optim.SGD(net.parameters(), lr=0.1)},
+                                  save_interval=1, n_saved=1, file_prefix="latest")  # fmt: skip
+    engine = Engine(lambda e, b: None)
+    saver.attach(engine)
+    assert not (tmp_path / ".tmp-0123456789ab-model.pt").exists()
+    engine.run([0, 0], max_epochs=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest_checkpoint_epoch=3.pt", "model.pt"]
+    assert torch.load(tmp_path / "latest_checkpoint_epoch=3.pt", weights_only=False)["trainer"]["iteration"] == 6
