@@ -49,8 +49,8 @@ def _ct_volume(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return image, label
 
 
-def _save(array: np.ndarray, path: Path) -> Path:
-    nib.save(nib.Nifti1Image(array, np.diag([1.5, 1.5, 3.0, 1.0])), path)
+def _save(array: np.ndarray, path: Path, affine: np.ndarray | None = None) -> Path:
+    nib.save(nib.Nifti1Image(array, np.diag([1.5, 1.5, 3.0, 1.0]) if affine is None else affine), path)
     return path
 
 
@@ -138,13 +138,15 @@ def server(workspace):
                 proc.wait(timeout=20)
 
 
-def _infer(url: str, path: Path) -> np.ndarray:
+def _infer(url: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The label volume MONAI Label returns for ``path``, and its affine."""
     with open(path, "rb") as f:
         res = requests.post(f"{url}/infer/{NAME}", params={"output": "image"}, files={"file": f}, timeout=300)
     assert res.status_code == 200, res.text[:2000]
     out = path.with_name(f"{path.name.split('.')[0]}_{time.monotonic_ns()}_label.nii.gz")
     out.write_bytes(res.content)
-    return np.asanyarray(nib.load(out).dataobj)
+    label = nib.load(out)
+    return np.asanyarray(label.dataobj), label.affine
 
 
 def test_model_pt_holds_whole_network(workspace):
@@ -183,7 +185,7 @@ def _eval_files(workspace) -> set[Path]:
 def test_infer_volume(server, workspace, tmp_path):
     image, _ = _ct_volume(5)
     before = _eval_files(workspace)
-    pred = _infer(server["url"], _save(image, tmp_path / "new_ct.nii.gz"))
+    pred, _ = _infer(server["url"], _save(image, tmp_path / "new_ct.nii.gz"))
     # MONAI Label drops the bundle's saver (a SaveImaged) and returns the label itself: nothing written in the bundle
     assert _eval_files(workspace) == before
     assert pred.shape == SHAPE
@@ -191,11 +193,20 @@ def test_infer_volume(server, workspace, tmp_path):
 
 
 def test_four_concurrent_infers(server, tmp_path):
-    paths = [_save(_ct_volume(10 + i)[0], tmp_path / f"ct{i}.nii.gz") for i in range(4)]
+    """Each of 4 concurrent answers equals the sequential answer for the same file (array and affine). The files
+    differ in slice count and spacing, so an answer returned for the wrong request cannot pass."""
+    paths = [
+        _save(_ct_volume(10 + i)[0][..., : 5 + i], tmp_path / f"ct{i}.nii.gz", np.diag([1.5, 1.5, 3.0 + 0.5 * i, 1]))
+        for i in range(4)
+    ]
+    sequential = [_infer(server["url"], p) for p in paths]
     with ThreadPoolExecutor(max_workers=4) as pool:
-        preds = list(pool.map(lambda p: _infer(server["url"], p), paths))
-    assert [p.shape for p in preds] == [SHAPE] * 4
-    assert all(set(np.unique(p)) <= set(range(len(ORGANS) + 1)) for p in preds)
+        concurrent = list(pool.map(lambda p: _infer(server["url"], p), paths))
+    for i, ((seq, seq_affine), (con, con_affine)) in enumerate(zip(sequential, concurrent, strict=True)):
+        assert seq.shape == SHAPE[:2] + (5 + i,) and np.allclose(seq_affine, np.diag([1.5, 1.5, 3.0 + 0.5 * i, 1]))
+        assert set(np.unique(seq)) <= set(range(len(ORGANS) + 1))
+        assert np.array_equal(con, seq), f"ct{i}: concurrent answer differs in {np.count_nonzero(con != seq)} voxels"
+        assert np.array_equal(con_affine, seq_affine), f"ct{i}: affines differ"
 
 
 def test_train_one_epoch(server, workspace):

@@ -1,5 +1,6 @@
 """Ignite/MONAI engine pieces: stage-2 fine-tuning helpers (stage-1 engines live beside them)."""
 
+from samora_monai.engines.atomic_checkpoint import AtomicCheckpointSaver, AtomicDiskSaver, resume_files
 from samora_monai.engines.stage1 import (
     ExpertWriter,
     LossProgressBar,
@@ -26,6 +27,9 @@ from samora_monai.engines.stage2 import (
 )
 
 __all__ = [
+    "AtomicCheckpointSaver",
+    "AtomicDiskSaver",
+    "resume_files",
     "ResumeCheckpointLoader",
     "ResumeCheckpointSaver",
     "SegmentationReportHandler",

@@ -4,17 +4,15 @@
 - :func:`warmup_poly_lr`: SAMora's linear warmup then poly decay, per iteration, as a ``LambdaLR``;
 - :func:`expert_files`, :func:`latest_checkpoint`: optional files found in the bundle's ``models/`` folder;
 - :class:`ResumeCheckpointSaver` / :class:`ResumeCheckpointLoader`: the resumable ``latest`` checkpoint, trainer
-  state included;
+  state included, written atomically (:mod:`~samora_monai.engines.atomic_checkpoint`);
 - :class:`SegmentationReportHandler`: per-case Dice/HD95 of an evaluator run, written as CSV and JSON.
 """
 
 from __future__ import annotations
 
-import glob
 import logging
 import math
 import os
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,12 +20,13 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor
-from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.handlers import CheckpointLoader
 from monai.utils import look_up_option
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from samora_monai.engines.atomic_checkpoint import AtomicCheckpointSaver, resume_files
 from samora_monai.inferers.io import case_name
 from samora_monai.metrics import MODES, SegmentationReport
 from samora_monai.networks import DEFAULT_LEVELS, SamoraNet, configure_stage
@@ -45,9 +44,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_RESUME = re.compile(r"_(epoch|iteration)=(\d+)\.pt$")
-
 
 LR_SCHEDULES = ("poly", "cosine")
 
@@ -109,10 +105,10 @@ def expert_files(folder: str | os.PathLike, levels: Sequence[str] = DEFAULT_LEVE
 def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "latest") -> str | None:
     """The ``<prefix>_checkpoint_epoch=N.pt`` / ``..._iteration=N.pt`` in ``ckpt_dir`` with the highest N (the newest
     on a tie), i.e. what ``CheckpointSaver(file_prefix=prefix, save_interval=...)`` wrote last, or None."""
-    files = [f for f in glob.glob(os.path.join(os.fspath(ckpt_dir), f"{prefix}_*.pt")) if _RESUME.search(f)]
+    files = resume_files(ckpt_dir, prefix)
     if not files:
         return None
-    path = max(files, key=lambda f: (int(_RESUME.search(f).group(2)), os.path.getmtime(f)))
+    path = files[-1]
     logger.info("resuming from %s", path)
     return path
 
@@ -126,9 +122,10 @@ class ResumeCheckpointLoader(CheckpointLoader):
         super().attach(engine)
 
 
-class ResumeCheckpointSaver(CheckpointSaver):
-    """``CheckpointSaver`` that also saves the state of the engine it is attached to (key ``"trainer"``); use with
-    ``save_interval`` and ``file_prefix="latest"`` for the checkpoint :func:`latest_checkpoint` finds."""
+class ResumeCheckpointSaver(AtomicCheckpointSaver):
+    """:class:`AtomicCheckpointSaver` that also saves the state of the engine it is attached to (key ``"trainer"``);
+    use with ``save_interval``, ``n_saved=1`` and ``file_prefix="latest"`` for the checkpoint :func:`latest_checkpoint`
+    finds (older ones are pruned after each save)."""
 
     def attach(self, engine: Engine) -> None:
         self.save_dict["trainer"] = engine  # the ignite Checkpoint objects hold this same dict
