@@ -1,5 +1,6 @@
 """Data layer: readers for BTCV/MSD NIfTI, TransUNet npz/h5 and LA h5; shared transforms; slice datasets;
-datalists and the published splits; stage-1 unlabeled slice preparation."""
+datalists and the published splits; stage-1 unlabeled slice preparation; input validation, DICOM input, the leakage
+guard and the selection of labelled evaluation items."""
 
 from samora_monai.data.datalists import (
     SPLIT_FILES,
@@ -13,6 +14,9 @@ from samora_monai.data.datalists import (
     transunet_synapse_datalist,
     write_datalist,
 )
+from samora_monai.data.dicom import DicomSeriesReader, is_dicom_input
+from samora_monai.data.labelled import labelled_items
+from samora_monai.data.leakage import exclude_test_cases
 from samora_monai.data.readers import H5VolumeReader, LoadVolumed, NpzSliceReader, volume_readers
 from samora_monai.data.slices import VolumeSliceDataset, resize_slices, select_slices
 from samora_monai.data.transforms import (
@@ -30,6 +34,7 @@ from samora_monai.data.unlabeled import UnlabeledSliceDataset, case_ids, check_l
 
 __all__ = [
     "BTCV_TO_SYNAPSE",
+    "DicomSeriesReader",
     "CT_WINDOW",
     "MR_PERCENTILES",
     "SPLIT_FILES",
@@ -45,9 +50,12 @@ __all__ = [
     "btcv_datalist",
     "case_ids",
     "check_leakage",
+    "exclude_test_cases",
     "group_slices",
     "intensity_transform",
+    "is_dicom_input",
     "la_datalist",
+    "labelled_items",
     "load_split",
     "msd_heart_datalist",
     "named_datalist",

@@ -1,0 +1,6 @@
+"""Ignite handlers: the non-finite loss guard and the model checkpoint loader with readable errors."""
+
+from samora_monai.handlers.finite_loss import StopOnNonFiniteLoss, batch_sources
+from samora_monai.handlers.model_weights import ModelCheckpointLoader, checkpoint_problem, load_model_weights
+
+__all__ = ["ModelCheckpointLoader", "StopOnNonFiniteLoss", "batch_sources", "checkpoint_problem", "load_model_weights"]
