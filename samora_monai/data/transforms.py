@@ -96,9 +96,9 @@ class MapLabelsd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         if not isinstance(mapping, Mapping) or not mapping:
             raise ValueError(
-                f"label_mapping must be a non-empty {{file label id: class index}} mapping, got {mapping!r}: an empty "
-                "mapping sends every label to background; to keep the labels as they are, set label_mapping to null "
-                "(--label_mapping null on the command line)"
+                f"label_mapping must be a non-empty {{file label id: class index}} mapping, got {mapping!r} (an empty "
+                "mapping would send every label to background); to keep the labels as they are, set label_mapping to "
+                "null (--label_mapping null on the command line)"
             )
         self.mapping = {int(k): int(v) for k, v in mapping.items()}
         if any(k < 0 for k in self.mapping):

@@ -39,6 +39,8 @@ def _values(x: torch.Tensor) -> torch.Tensor:
 def check_shape(x: torch.Tensor, key: str = "image", spatial_dims: int = 3) -> None:
     """``x`` must be ``[1, *spatial]`` with ``spatial_dims`` non-empty spatial axes."""
     name = filename(x)
+    if x.numel() == 0:
+        raise ValueError(f"{name}: {key} is empty (no voxels, shape {tuple(x.shape)}); remove it from the input")
     if x.ndim - 1 != spatial_dims:
         raise ValueError(
             f"{name}: {key} has {x.ndim - 1} spatial dimensions (shape {tuple(x.shape[1:])}), expected a "
@@ -50,8 +52,6 @@ def check_shape(x: torch.Tensor, key: str = "image", spatial_dims: int = 3) -> N
             f"{tuple(x.shape[1:])} x {x.shape[0]}), expected a single-channel 3D volume; save each channel or time "
             "point as its own file and list the one to use"
         )
-    if x.numel() == 0:
-        raise ValueError(f"{name}: {key} is empty (shape {tuple(x.shape[1:])}); remove it from the input")
 
 
 def check_integer_label(label: torch.Tensor, key: str = "label") -> None:
