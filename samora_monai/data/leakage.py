@@ -12,8 +12,8 @@ What is excluded:
 - a datalist's own ``testing`` and ``validation`` items (``datalist=``).
 
 A volume matches an excluded case when they share the file stem (``img0035``), the BTCV/Synapse case number
-(``img0035.nii.gz`` == ``case0035.npy.h5`` == ``0035``) or the full path; a generic stem shared by several volumes
-(LA's ``<ID>/mri_norm2.h5``) is matched by its folder instead. An explicit exclude that matches no volume is
+(``img0035.nii.gz`` == ``case0035.npy.h5`` == ``0035``) or the full path; a generic stem (LA's ``<ID>/mri_norm2.h5``,
+or one shared by several files) is matched by its folder instead. An explicit exclude that matches no volume is
 reported with a warning (a typo would otherwise disable the guard silently).
 """
 
@@ -34,6 +34,8 @@ __all__ = ["EXCLUDED_SECTIONS", "case_ids", "check_leakage", "exclude_test_cases
 logger = logging.getLogger(__name__)
 
 EXCLUDED_SECTIONS: tuple[str, ...] = ("testing", "validation")
+# file names that do not name a case (LA ``<ID>/mri_norm2.h5``, KiTS ``case_00000/imaging.nii.gz``): the folder does
+GENERIC_STEMS: frozenset[str] = frozenset({"mri_norm2", "image", "imaging", "label", "segmentation"})
 _SUFFIXES = (".nii.gz", ".nii", ".npy.h5", ".h5", ".hdf5", ".npz", ".npy", ".dcm")
 # Synapse/BTCV names: img0001, label0001, case0001 (optionally _sliceNNN), or a bare number; 4 digits with a
 # prefix, so PROMISE "Case16" and KiTS "case_00001" are not read as Synapse cases
@@ -113,8 +115,11 @@ def check_leakage(
     """
     if isinstance(exclude, str):
         exclude = [e.strip() for e in exclude.split(",") if e.strip()]
-    stems = [file_stem(p).lower() for p in paths]
-    generic = {s for s in stems if stems.count(s) > 1}
+    exclude = [str(e) for e in exclude]
+    generic = set(GENERIC_STEMS)
+    for names in ([str(p) for p in paths], [*exclude, *_datalist_images(datalist, ensure_tuple(sections))]):
+        stems = [file_stem(n).lower() for n in names]
+        generic |= {s for s in stems if stems.count(s) > 1}  # a stem shared by several files names no case
     table = _excluded(exclude, datalist, ensure_tuple(sections), generic)
     leaks, used = [], set()
     for path in paths:
