@@ -4,7 +4,8 @@ A series folder becomes ``[X, Y, Z]`` (X along the columns, Y along the rows, Z 
 order) with the affine of the series in RAS, as ``NibabelReader`` gives for NIfTI, so a prediction saved with that
 affine (:class:`~samora_monai.inferers.SaveLabelVolumed`) is a NIfTI in the series' geometry. A single 2D DICOM file
 becomes a one-slice volume ``[X, Y, 1]``. Pixel values are rescaled (``RescaleSlope``/``RescaleIntercept``, i.e. HU
-for CT). A folder holding several series is refused, naming each ``SeriesInstanceUID``.
+for CT). A folder holding several series is refused, naming each ``SeriesInstanceUID``, and so is a file without
+``ImageOrientationPatient``/``ImagePositionPatient`` (MONAI would fall back to an identity affine).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ pydicom, _ = optional_import("pydicom")
 __all__ = ["DicomSeriesReader", "dicom_files", "is_dicom_input", "series_uids"]
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
+GEOMETRY_TAGS = ("ImageOrientationPatient", "ImagePositionPatient")
 
 
 def _is_dicom_file(path: str) -> bool:
@@ -80,7 +82,15 @@ class DicomSeriesReader(PydicomReader):
                         f"{name}: the folder mixes {len(uids)} DICOM series: {listed}; put each series "
                         "(SeriesInstanceUID) in its own folder and give that folder"
                     )
-        return super().read(data, **kwargs)
+        datasets = super().read(data, **kwargs)
+        for ds in datasets if isinstance(datasets, list) else [datasets]:
+            missing = [t for t in GEOMETRY_TAGS if not hasattr(ds, t)]
+            if missing:
+                raise ValueError(
+                    f"{getattr(ds, 'filename', data)}: DICOM file without {' and '.join(missing)}, so the geometry of "
+                    "the volume is unknown; export the series with its geometry tags (or convert it to NIfTI)"
+                )
+        return datasets
 
     def get_data(self, data) -> tuple[np.ndarray, dict]:
         array, meta = super().get_data(data)
