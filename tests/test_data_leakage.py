@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from samora_monai.data import exclude_test_cases, labelled_items, prepare_unlabeled
+from samora_monai.data import check_unlabeled_datalist, exclude_test_cases, labelled_items, prepare_unlabeled
 from samora_monai.data.leakage import check_leakage
 
 # case 35 is one of the 12 Synapse test cases, case 5 is a training case
@@ -73,6 +73,12 @@ def test_prepare_unlabeled_refuses_its_datalist_test_case(tmp_path):
         prepare_unlabeled(str(out), glob=glob, exclude=[], holdout_datalist=str(holdout), progress=False)
     result = prepare_unlabeled(str(out), glob=glob, exclude="", spatial_size=32, progress=False)
     assert len(json.loads(open(result).read())["training"]) == 2
+    # the stage-1 workflows check a prepared corpus against the held-out cases of the labelled datalist
+    assert check_unlabeled_datalist(result, exclude=[]) == result
+    with pytest.raises(ValueError, match=r"unlabeled_datalist\.json: leakage guard: 1 volume.*img0041\.nii\.gz"):
+        check_unlabeled_datalist(result, exclude=["img0041.nii.gz"])
+    with pytest.raises(ValueError, match=r"img0040\.nii\.gz of the datalist's testing"):
+        check_unlabeled_datalist(result, exclude=[], datalist={"testing": [{"image": "/x/img0040.nii.gz"}]})
 
 
 # ------------------------------------------------------------------------------------- labelled evaluation items

@@ -16,7 +16,7 @@ from samora_monai.data.datalists import (
 )
 from samora_monai.data.dicom import DicomSeriesReader, is_dicom_input
 from samora_monai.data.labelled import labelled_items
-from samora_monai.data.leakage import exclude_test_cases
+from samora_monai.data.leakage import check_unlabeled_datalist, exclude_test_cases
 from samora_monai.data.readers import H5VolumeReader, LoadVolumed, NpzSliceReader, volume_readers
 from samora_monai.data.slices import VolumeSliceDataset, resize_slices, select_slices
 from samora_monai.data.transforms import (
@@ -50,6 +50,7 @@ __all__ = [
     "btcv_datalist",
     "case_ids",
     "check_leakage",
+    "check_unlabeled_datalist",
     "exclude_test_cases",
     "group_slices",
     "intensity_transform",

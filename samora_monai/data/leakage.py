@@ -19,6 +19,7 @@ reported with a warning (a typo would otherwise disable the guard silently).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -29,7 +30,14 @@ from monai.utils import ensure_tuple
 
 from samora_monai.data.datalists import SPLIT_FILES, TEST_SPLITS, load_split
 
-__all__ = ["EXCLUDED_SECTIONS", "case_ids", "check_leakage", "exclude_test_cases", "file_stem"]
+__all__ = [
+    "EXCLUDED_SECTIONS",
+    "case_ids",
+    "check_leakage",
+    "check_unlabeled_datalist",
+    "exclude_test_cases",
+    "file_stem",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -153,3 +161,25 @@ def exclude_test_cases(
     """
     check_leakage([str(item[key]) for item in items], exclude, datalist, sections)
     return [dict(item) for item in items]
+
+
+def check_unlabeled_datalist(
+    path: str | os.PathLike,
+    exclude: Iterable[str | int] | str = TEST_SPLITS,
+    datalist: Mapping | None = None,
+    sections: Sequence[str] = EXCLUDED_SECTIONS,
+) -> str:
+    """``path`` when the stage-1 slice datalist written by ``prepare_unlabeled`` holds no held-out case, else
+    ``ValueError``; each item's ``source`` (the original volume) is checked. Returns ``path`` for use in configs:
+    ``unlabeled_datalist: $samora_monai.data.check_unlabeled_datalist(<path>, @leakage_exclude, @data_splits)``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"unlabeled datalist not found: {path}; prepare it with prepare_unlabeled")
+    with open(path) as f:
+        items = json.load(f).get("training") or []
+    sources = [str(item.get("source") or item["image"]) for item in items]
+    try:
+        check_leakage(sources, exclude, datalist, sections)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e} Prepare the unlabeled slices again without them.") from e
+    return path
