@@ -130,8 +130,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from monai.bundle import run
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    for _, value, i in _overrides(argv):
+    for key, value, i in _overrides(argv):
         if value.strip() == "None":
-            argv[i] = argv[i].replace("None", "$None") if argv[i].startswith("--") else "$None"
+            argv[i] = f"--{key}=$None" if argv[i].startswith("--") else "$None"
     install_excepthook()
     fire.Fire(run, command=argv, name="samora_monai run")
