@@ -20,7 +20,7 @@ from monai.data import PydicomReader
 from monai.utils import ensure_tuple, optional_import
 from monai.utils.enums import MetaKeys
 
-pydicom, _ = optional_import("pydicom")
+pydicom, has_pydicom = optional_import("pydicom")
 
 __all__ = ["DicomSeriesReader", "dicom_files", "is_dicom_input", "series_uids"]
 
@@ -29,7 +29,7 @@ GEOMETRY_TAGS = ("ImageOrientationPatient", "ImagePositionPatient")
 
 
 def _is_dicom_file(path: str) -> bool:
-    return path.lower().endswith(DICOM_SUFFIXES) or bool(pydicom.misc.is_dicom(path))
+    return path.lower().endswith(DICOM_SUFFIXES) or (has_pydicom and bool(pydicom.misc.is_dicom(path)))
 
 
 def dicom_files(folder: PathLike) -> list[str]:
