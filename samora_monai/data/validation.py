@@ -4,7 +4,7 @@ preparation, MONAI Label, Auto3DSeg), all of which load through :func:`~samora_m
 Each problem stops with ``ValueError("<file>: <problem>; <fix>")`` before anything is computed or written:
 
 - a channel / 4th dimension (``[C>1, X, Y, Z]`` after loading), a volume that is not 3D, an empty volume;
-- an image with non-finite voxels (NaN, inf) or of constant value;
+- an image with non-finite voxels (NaN, inf) or of constant value (a volume of more than one slice);
 - a label that is not integer-valued, of another shape than the image, with another affine than the image (beyond
   ``affine_atol`` mm), or with values outside ``0..num_classes``.
 """
@@ -68,7 +68,8 @@ def check_integer_label(label: torch.Tensor, key: str = "label") -> None:
 
 
 def check_image_values(image: torch.Tensor, key: str = "image") -> None:
-    """``image`` must be finite and not of constant value."""
+    """``image`` must be finite and, unless it is a single slice (a TransUNet npz slice may be all air), not of
+    constant value."""
     values = _values(image)
     if values.is_floating_point():
         bad = int((~torch.isfinite(values)).sum())
@@ -78,7 +79,7 @@ def check_image_values(image: torch.Tensor, key: str = "image") -> None:
                 "them (e.g. by the background value) before using the file"
             )
     lo, hi = float(values.min()), float(values.max())
-    if lo == hi:
+    if lo == hi and values.shape[-1] > 1:
         raise ValueError(
             f"{filename(image)}: {key} has the constant value {lo:g} everywhere (a blank scan); remove it from the "
             "input"
