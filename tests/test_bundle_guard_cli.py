@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 from monai.bundle import ConfigParser
 
+pytestmark = pytest.mark.slow
+
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "samora_synapse"
 TINY = {"variant": "tiny", "img_size": 32, "random_init": True, "epochs": 1, "batch_size": 4, "num_workers": 0,
         "slice_batch_size": 8}  # fmt: skip

@@ -108,6 +108,7 @@ def test_series_without_geometry_is_refused(tmp_path):
 TINY = {"variant": "tiny", "img_size": 32, "random_init": True, "num_workers": 0, "slice_batch_size": 4}
 
 
+@pytest.mark.slow
 def test_dicom_series_through_inference_bundle(tmp_path):
     write_series(tmp_path / "series_a")
     parser = ConfigParser()
