@@ -1,4 +1,7 @@
-"""Command line entry point: ``python -m samora_monai <command> ...`` (python-fire)."""
+"""Command line entry point: ``python -m samora_monai <command> ...`` (python-fire).
+
+``python -m samora_monai run <run_id> --config_file ...`` runs a bundle like ``python -m monai.bundle run`` and ends a
+failure with its reason (:mod:`samora_monai.bundle_run`)."""
 
 from __future__ import annotations
 
@@ -27,7 +30,9 @@ def _resolve(spec: str):
 def main(argv: list[str] | None = None) -> None:
     """Import only the module of the command that runs; with no known command, list them all."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in COMMANDS:
+    if argv and argv[0] == "run":  # the arguments of `python -m monai.bundle run`, passed through unparsed
+        _resolve("samora_monai.bundle_run:main")(argv[1:])
+    elif argv and argv[0] in COMMANDS:
         fire.Fire(_resolve(COMMANDS[argv[0]]), command=argv[1:], name=f"samora_monai {argv[0]}")
     else:
         fire.Fire({name: _resolve(spec) for name, spec in COMMANDS.items()}, command=argv, name="samora_monai")

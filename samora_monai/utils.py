@@ -7,8 +7,24 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_output"]
+__all__ = ["NULL_STRINGS", "atomic_output", "optional_value"]
+
+# what a "turn it off" value may look like once it has passed through YAML, JSON or the bundle command line
+# (``--key null`` arrives as the string "null"; MONAI's CLI drops a bare ``--key None`` before the config sees it)
+NULL_STRINGS: tuple[str, ...] = ("none", "null")
+
+
+def optional_value(value: Any) -> Any:
+    """``None`` for None and the strings ``"none"``/``"null"`` (any case, surrounding blanks ignored); else ``value``.
+
+    Every function that takes a nullable config value (``label_mapping``, ``resume_checkpoint``, ``voxel_spacing``,
+    ``datalist``, ...) passes it through this, so ``--label_mapping null`` on the command line means "off".
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() in NULL_STRINGS):
+        return None
+    return value
 
 
 @contextmanager

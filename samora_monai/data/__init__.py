@@ -1,5 +1,6 @@
 """Data layer: readers for BTCV/MSD NIfTI, TransUNet npz/h5 and LA h5; shared transforms; slice datasets;
-datalists and the published splits; PROMISE12 .mhd/.npy readers; stage-1 unlabeled slice preparation."""
+datalists and the published splits; PROMISE12 .mhd/.npy readers; stage-1 unlabeled slice preparation; input
+validation, DICOM input, the leakage guard and the selection of labelled evaluation items."""
 
 from samora_monai.data.datalists import (
     SPLIT_FILES,
@@ -13,6 +14,9 @@ from samora_monai.data.datalists import (
     transunet_synapse_datalist,
     write_datalist,
 )
+from samora_monai.data.dicom import DicomSeriesReader, is_dicom_input
+from samora_monai.data.labelled import labelled_items
+from samora_monai.data.leakage import check_unlabeled_datalist, exclude_test_cases
 from samora_monai.data.promise12 import (
     PROMISE12_CASES,
     PROMISE12_SETTINGS,
@@ -37,6 +41,7 @@ from samora_monai.data.unlabeled import UnlabeledSliceDataset, case_ids, check_l
 
 __all__ = [
     "BTCV_TO_SYNAPSE",
+    "DicomSeriesReader",
     "CT_WINDOW",
     "MR_PERCENTILES",
     "PROMISE12_CASES",
@@ -56,9 +61,13 @@ __all__ = [
     "btcv_datalist",
     "case_ids",
     "check_leakage",
+    "check_unlabeled_datalist",
+    "exclude_test_cases",
     "group_slices",
     "intensity_transform",
+    "is_dicom_input",
     "la_datalist",
+    "labelled_items",
     "load_split",
     "msd_heart_datalist",
     "named_datalist",

@@ -12,6 +12,8 @@ TransUNet ``test_vol_h5/caseXXXX.npy.h5``   (D, H, W) = (Z,Y,X)  transposed by (
 LA UA-MT ``<ID>/mri_norm2.h5``              (W, H, D) = (X,Y,Z)  as stored
 TransUNet ``train_npz/*_sliceYYY.npz``      (H, W) = (Y, X)      transposed to (X, Y), then a slice axis of
                                                                  length 1 is appended: (X, Y, 1)
+DICOM series folder / ``*.dcm``             (rows, cols) slices  (X, Y, Z) = (cols, rows, slices), RAS
+                                                                 affine from the series (``data/dicom.py``)
 ==========================================  ===================  =========================================
 
 HDF5 and npz files carry no geometry, so their affine is ``diag(spacing, 1)`` (``spacing`` defaults to 1 mm; the
@@ -32,6 +34,9 @@ from monai.data.utils import is_supported_format
 from monai.transforms import LoadImage, MapTransform
 from monai.utils import ensure_tuple
 from monai.utils.enums import MetaKeys, SpaceKeys
+
+from samora_monai.data.dicom import DicomSeriesReader
+from samora_monai.utils import optional_value
 
 __all__ = ["H5VolumeReader", "NpzSliceReader", "LoadVolumed", "volume_readers"]
 
@@ -130,16 +135,19 @@ class NpzSliceReader(ImageReader):
 
 
 def volume_readers(name: str = "image", spacing: Sequence[float] | None = None, h5_axes: str = "auto") -> list:
-    """The readers for one data key: NIfTI (nibabel), HDF5 dataset ``name``, npz array ``name``, and PROMISE12's
-    MetaImage ``.mhd`` and pickled-dict ``.npy`` (see :mod:`samora_monai.data.promise12`)."""
+    """The readers for one data key: NIfTI (nibabel), HDF5 dataset ``name``, npz array ``name``, PROMISE12's
+    MetaImage ``.mhd`` and pickled-dict ``.npy`` (see :mod:`samora_monai.data.promise12`) and DICOM (a series folder
+    or one file, :class:`~samora_monai.data.dicom.DicomSeriesReader`)."""
     from samora_monai.data.promise12 import MetaImageReader, NpyDictReader  # local: promise12 builds on this module
 
+    spacing = optional_value(spacing)
     return [
         NibabelReader(),
         H5VolumeReader(dataset=name, axes=h5_axes, spacing=spacing),
         NpzSliceReader(name, spacing),
         MetaImageReader(),
         NpyDictReader(name, spacing=spacing),
+        DicomSeriesReader(),
     ]
 
 
@@ -148,7 +156,8 @@ class LoadVolumed(MapTransform):
 
     HDF5 and npz files hold image and label in one file: the dataset/array read for a key is ``datasets[key]``
     (default: the key itself), so a datalist item may be ``{"image": "case0001.npy.h5", "label": "case0001.npy.h5"}``.
-    The reader is chosen by file suffix. A missing file raises ``FileNotFoundError``, an unsupported suffix
+    The reader is chosen by file suffix (DICOM: a ``.dcm`` file, a file with the DICOM preamble, or a folder of
+    one series). A missing file raises ``FileNotFoundError``, an unsupported suffix
     ``ValueError`` and an unreadable file (e.g. a truncated ``.nii.gz``) ``RuntimeError``, all naming the file.
 
     Args:
@@ -183,12 +192,14 @@ class LoadVolumed(MapTransform):
             path = d[key]
             if not isinstance(path, (str, os.PathLike)):
                 raise TypeError(f"{key}: expected a file path, got {type(path).__name__}")
-            if not os.path.isfile(path):
+            if not os.path.exists(path):
                 raise FileNotFoundError(f"{key} file not found: {path}")
             reader = next((r for r in self.readers[key] if r.verify_suffix(path)), None)
             if reader is None:
-                expected = ".nii, .nii.gz, .h5, .npz, .mhd or .npy"
-                raise ValueError(f"{key} file {path}: unsupported format (expected {expected})")
+                raise ValueError(
+                    f"{key} file {path}: unsupported format (expected .nii, .nii.gz, .h5, .npz, .mhd, .npy, a DICOM "
+                    "file or a folder holding one DICOM series)"
+                )
             try:
                 d[key] = self.loaders[key](path, reader=reader)
             except Exception as e:

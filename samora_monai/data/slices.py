@@ -69,8 +69,9 @@ class VolumeSliceDataset(Dataset):
     Each volume item passes through ``transform`` (load, label mapping, checks, intensity; e.g.
     :func:`~samora_monai.data.volume_transforms`) to ``{image: [C, X, Y, Z], label: [1, X, Y, Z]}``; its slices
     (``item["slices"]`` when given, else chosen by :func:`select_slices`) are resized to ``spatial_size`` and
-    cached. ``__getitem__`` returns ``{image: [C, S, S] float32, label: [1, S, S] int64}`` after the per-slice
-    random ``slice_transform`` (e.g. :func:`~samora_monai.data.slice_augmentations`).
+    cached. ``__getitem__`` returns ``{image: [C, S, S] float32, label: [1, S, S] int64, source: "<file> (slice z)"}``
+    after the per-slice random ``slice_transform`` (e.g. :func:`~samora_monai.data.slice_augmentations`); ``source``
+    names the file in errors (:class:`~samora_monai.handlers.StopOnNonFiniteLoss`).
 
     Args:
         data: list of ``{image: path, label: path[, slices: [int]]}`` items (a MONAI datalist section).
@@ -122,7 +123,8 @@ class VolumeSliceDataset(Dataset):
         super().__init__(records, slice_transform)
 
     def _transform(self, index: int) -> dict:
-        d = {self.image_key: self.images[index]}
+        record = self.data[index]
+        d = {self.image_key: self.images[index], "source": f"{record['source']} (slice {record['slice']})"}
         if self.labels is not None:
             d[self.label_key] = self.labels[index].float()
         if self.transform is not None:

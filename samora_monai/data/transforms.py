@@ -5,6 +5,7 @@ The same :func:`intensity_transform` serves stage 1, stage 2 and inference (DESI
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Hashable, Mapping, Sequence
 
@@ -25,6 +26,8 @@ from monai.transforms import (
 from monai.utils import convert_to_dst_type, convert_to_tensor, ensure_tuple
 
 from samora_monai.data.readers import LoadVolumed
+from samora_monai.data.validation import ValidateVolumed, check_integer_label, filename
+from samora_monai.utils import optional_value
 
 __all__ = [
     "BTCV_TO_SYNAPSE",
@@ -47,11 +50,7 @@ SYNAPSE_CLASSES: tuple[str, ...] = (
 # raw BTCV label id -> Synapse class index; every other BTCV id (5, 9, 10, 12, 13) becomes background
 BTCV_TO_SYNAPSE: dict[int, int] = {1: 1, 2: 2, 3: 3, 4: 4, 6: 5, 7: 6, 8: 7, 11: 8}
 MODALITIES = ("ct", "mr", "none")
-
-
-def _filename(x: object) -> str:
-    meta = getattr(x, "meta", None) or {}
-    return str(meta.get("filename_or_obj", "<unknown file>"))
+logger = logging.getLogger(__name__)
 
 
 def intensity_transform(
@@ -86,13 +85,21 @@ class MapLabelsd(MapTransform):
     """Map label values through ``mapping``; values not in it become ``default``.
 
     Example: ``MapLabelsd("label", BTCV_TO_SYNAPSE)`` turns the 13 BTCV organs into the 8 Synapse classes.
-    ``mapping`` keys may be strings (JSON configs).
+    ``mapping`` keys may be strings (JSON configs). An empty mapping is refused (it would erase every label; use no
+    mapping instead). Values that the mapping sends to ``default`` without listing them (BTCV's 5, 9, 10, 12, 13)
+    are reported with their voxel counts, one log line per volume, and kept in :attr:`last_dropped`.
     """
 
     def __init__(
         self, keys: KeysCollection, mapping: Mapping, default: int = 0, allow_missing_keys: bool = False
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        if not isinstance(mapping, Mapping) or not mapping:
+            raise ValueError(
+                f"label_mapping must be a non-empty {{file label id: class index}} mapping, got {mapping!r} (an empty "
+                "mapping would send every label to background); to keep the labels as they are, set label_mapping to "
+                "null (--label_mapping null on the command line)"
+            )
         self.mapping = {int(k): int(v) for k, v in mapping.items()}
         if any(k < 0 for k in self.mapping):
             raise ValueError(f"label mapping keys must be non-negative, got {sorted(self.mapping)}")
@@ -101,67 +108,28 @@ class MapLabelsd(MapTransform):
         for k, v in self.mapping.items():
             table[k] = v
         self.table = torch.as_tensor(table)
+        self.last_dropped: dict[int, int] = {}
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
+            check_integer_label(d[key], str(key))
             values = convert_to_tensor(d[key], track_meta=False).round().long()
+            self._report(values, filename(d[key]))
             in_table = (values >= 0) & (values < len(self.table))
             mapped = torch.full_like(values, self.default)
             mapped[in_table] = self.table.to(values.device)[values[in_table]]
             d[key] = convert_to_dst_type(mapped, d[key], dtype=d[key].dtype)[0]
         return d
 
-
-class ValidateVolumed(MapTransform):
-    """Stop bad input early with an error naming the file: wrong number of spatial dimensions (e.g. a 2D image
-    where a 3D volume is expected), image/label shape mismatch, label values outside ``0..num_classes``.
-
-    Args:
-        image_key: key of the image ``[C, *spatial]``.
-        label_key: key of the label ``[1, *spatial]`` (skipped when None or absent).
-        num_classes: number of foreground classes; labels must be integers in ``[0, num_classes]``. None: no check.
-        spatial_dims: expected number of spatial dimensions.
-    """
-
-    def __init__(
-        self,
-        image_key: str = "image",
-        label_key: str | None = "label",
-        num_classes: int | None = None,
-        spatial_dims: int = 3,
-    ) -> None:
-        super().__init__([image_key] if label_key is None else [image_key, label_key], allow_missing_keys=True)
-        self.image_key, self.label_key = image_key, label_key
-        self.num_classes, self.spatial_dims = num_classes, spatial_dims
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Mapping[Hashable, torch.Tensor]:
-        for key in self.key_iterator(data):
-            x = data[key]
-            if x.ndim - 1 != self.spatial_dims:
-                raise ValueError(
-                    f"{_filename(x)}: {key} has {x.ndim - 1} spatial dimensions (shape {tuple(x.shape[1:])}), "
-                    f"expected a {self.spatial_dims}D volume"
-                )
-        if self.label_key is None or self.label_key not in data:
-            return data
-        label = data[self.label_key]
-        if self.image_key in data and tuple(label.shape[1:]) != tuple(data[self.image_key].shape[1:]):
-            raise ValueError(
-                f"{_filename(label)}: label shape {tuple(label.shape[1:])} does not match image shape "
-                f"{tuple(data[self.image_key].shape[1:])} ({_filename(data[self.image_key])})"
+    def _report(self, values: torch.Tensor, name: str) -> None:
+        ids, counts = torch.unique(values, return_counts=True)
+        pairs = zip(ids.tolist(), counts.tolist(), strict=True)
+        self.last_dropped = {i: c for i, c in pairs if i not in self.mapping and i != self.default}
+        if self.last_dropped:
+            logger.warning(
+                f"{name}: label values not in label_mapping become {self.default} (voxel counts): {self.last_dropped}"
             )
-        if self.num_classes is not None and label.numel():
-            lo, hi = float(label.min()), float(label.max())
-            if lo < 0 or hi > self.num_classes:
-                raise ValueError(
-                    f"{_filename(label)}: label values range [{lo:g}, {hi:g}], expected 0..{self.num_classes} "
-                    f"({self.num_classes} classes); map the label ids first (MapLabelsd) or fix num_classes"
-                )
-            values = convert_to_tensor(label, track_meta=False)
-            if not torch.equal(values, values.round()):
-                raise ValueError(f"{_filename(label)}: label has non-integer values")
-        return data
 
 
 def volume_transforms(
@@ -175,7 +143,12 @@ def volume_transforms(
     spacing: Sequence[float] | None = None,
 ) -> Compose:
     """Load, check and normalise a volume: ``{image: path[, label: path]}`` -> ``{image: [1,X,Y,Z] in [0, 1],
-    label: [1,X,Y,Z]}``. ``label_key=None`` loads the image only (inference, unlabeled data)."""
+    label: [1,X,Y,Z]}``. ``label_key=None`` loads the image only (inference, unlabeled data).
+
+    Every input passes :class:`~samora_monai.data.validation.ValidateVolumed`. ``label_mapping`` and ``spacing``
+    accept None or the strings ``"null"``/``"none"`` for "off" (what ``--label_mapping null`` gives).
+    """
+    label_mapping, spacing = optional_value(label_mapping), optional_value(spacing)
     keys = [image_key] if label_key is None else [image_key, label_key]
     steps: list = [LoadVolumed(keys, spacing=spacing)]
     if label_key is not None and label_mapping is not None:

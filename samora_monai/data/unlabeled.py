@@ -9,9 +9,9 @@ resizes them to the network input size and writes ``<output_dir>/slices/<case>.n
 from __future__ import annotations
 
 import glob as globlib
+import json
 import logging
 import os
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,67 +21,14 @@ from monai.data import Dataset, load_decathlon_datalist
 from monai.transforms import apply_transform
 from tqdm import tqdm
 
-from samora_monai.data.datalists import SPLIT_FILES, TEST_SPLITS, load_split, write_datalist
+from samora_monai.data.datalists import TEST_SPLITS, write_datalist
+from samora_monai.data.leakage import EXCLUDED_SECTIONS, case_ids, check_leakage, file_stem
 from samora_monai.data.slices import resize_slices, select_slices
 from samora_monai.data.transforms import CT_WINDOW, MR_PERCENTILES, volume_transforms
 
 __all__ = ["UnlabeledSliceDataset", "case_ids", "check_leakage", "prepare_unlabeled"]
 
 logger = logging.getLogger(__name__)
-
-_SUFFIXES = (".nii.gz", ".nii", ".npy.h5", ".h5", ".hdf5", ".npz", ".npy")
-# Synapse/BTCV names: img0001, label0001, case0001 (optionally _sliceNNN); 4 digits, so PROMISE "Case16" and
-# KiTS "case_00001" are not read as Synapse cases
-_SYNAPSE = re.compile(r"(?:img|label|case)_?(\d{4})(?:_slice\d+)?|(\d+)", re.IGNORECASE)
-
-
-def _stem(path: str | os.PathLike) -> str:
-    name = Path(path).name
-    return next((name[: -len(s)] for s in _SUFFIXES if name.lower().endswith(s)), name)
-
-
-def _normalise(name: str) -> set[str]:
-    ids = {name.lower()}
-    match = _SYNAPSE.fullmatch(name)
-    if match:
-        ids.add(f"synapse#{int(match.group(1) or match.group(2))}")
-    return ids
-
-
-def case_ids(path: str | os.PathLike) -> set[str]:
-    """Identifiers a volume file may be named by in a split: its stem, its folder (LA ``<ID>/mri_norm2.h5``) and,
-    for BTCV/Synapse names, the case number (``img0001.nii.gz`` and ``case0001.npy.h5`` are both case 1)."""
-    return _normalise(_stem(path)) | {Path(path).parent.name.lower()}
-
-
-def _excluded_ids(exclude: Sequence[str | int]) -> dict[str, str]:
-    """Identifier -> where it came from, for split names (their cases) and single case ids."""
-    ids: dict[str, str] = {}
-    for entry in exclude:
-        entry = str(entry)
-        names = load_split(entry) if entry in SPLIT_FILES else [entry]
-        for name in names:
-            case = re.sub(r"_slice\d+$", "", name)
-            for i in _normalise(case):
-                ids.setdefault(i, f"{case} of split {entry}" if entry in SPLIT_FILES else f"excluded case {case}")
-    return ids
-
-
-def check_leakage(paths: Sequence[str | os.PathLike], exclude: Sequence[str | int] = TEST_SPLITS) -> None:
-    """Raise ``ValueError`` naming every volume that ``exclude`` (split names such as ``"synapse_test"`` or case
-    ids such as ``"case0001"``/``"0001"``/``1``) names: labelled test cases must not enter the unlabeled corpus."""
-    excluded = _excluded_ids(exclude)
-    leaks = []
-    for path in paths:
-        hits = sorted({excluded[i] for i in case_ids(path) if i in excluded})
-        if hits:
-            leaks.append(f"{path} ({', '.join(hits)})")
-    if leaks:
-        raise ValueError(
-            f"leakage guard: {len(leaks)} volume(s) belong to a labelled test split and cannot be used as unlabeled "
-            "data: " + "; ".join(leaks) + ". Remove them from the input (or change `exclude` if this is wrong)."
-        )
-
 
 def _input_paths(datalist: str | None, glob: str | None, data_list_key: str) -> list[str]:
     if (datalist is None) == (glob is None):
@@ -98,12 +45,25 @@ def _input_paths(datalist: str | None, glob: str | None, data_list_key: str) -> 
 
 
 def _output_names(paths: Sequence[str]) -> list[str]:
-    stems = [_stem(p) for p in paths]
+    stems = [file_stem(p) for p in paths]
     if len(set(stems)) < len(stems):  # e.g. LA: every file is <ID>/mri_norm2.h5
         stems = [f"{Path(p).parent.name}_{s}" for p, s in zip(paths, stems, strict=True)]
     if len(set(stems)) < len(stems):
         raise ValueError("input volumes do not have unique names (file name or folder + file name)")
     return stems
+
+
+def _held_out(datalists: Sequence[str | None], skip: str) -> dict[str, list[dict]]:
+    """The ``testing``/``validation`` items (paths resolved) of the datalist JSON files, except section ``skip``."""
+    held: dict[str, list[dict]] = {s: [] for s in EXCLUDED_SECTIONS if s != skip}
+    for path in (p for p in datalists if p is not None):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"datalist not found: {path}")
+        sections = json.loads(Path(path).read_text())
+        for section in held:
+            if sections.get(section):
+                held[section] += load_decathlon_datalist(path, False, section)
+    return held
 
 
 def prepare_unlabeled(
@@ -116,6 +76,7 @@ def prepare_unlabeled(
     min_body_fraction: float = 0.0,
     body_threshold: float = 0.05,
     exclude: Sequence[str | int] | str = TEST_SPLITS,
+    holdout_datalist: str | None = None,
     window: Sequence[float] = CT_WINDOW,
     percentiles: Sequence[float] = MR_PERCENTILES,
     image_mode: str = "bilinear",
@@ -135,7 +96,11 @@ def prepare_unlabeled(
             after normalisation; 0 keeps every axial slice.
         body_threshold: normalised intensity that counts as body.
         exclude: labelled test splits (names such as ``"synapse_test"``, ``"la_test"``) and/or case ids whose
-            volumes are refused; a comma-separated string is accepted. Empty disables the guard.
+            volumes are refused; case ids, file names and paths are accepted (see :mod:`samora_monai.data.leakage`);
+            a comma-separated string is accepted. The ``testing``/``validation`` items of ``datalist`` are refused
+            as well. Empty (and a datalist without those sections) disables the guard.
+        holdout_datalist: another datalist JSON (e.g. the labelled stage-2 datalist) whose ``testing`` and
+            ``validation`` cases are refused too.
         window, percentiles: CT window / MR percentiles of the intensity pipeline.
         image_mode: resize interpolation, ``"bilinear"`` or ``"bicubic"``.
         dtype: storage type of the slices (``"float16"`` halves the disk use; readers return float32).
@@ -144,9 +109,10 @@ def prepare_unlabeled(
     Returns:
         the path of the written datalist JSON.
     """
-    exclude = [e for e in exclude.split(",") if e] if isinstance(exclude, str) else list(exclude)
+    exclude = [e.strip() for e in exclude.split(",") if e.strip()] if isinstance(exclude, str) else list(exclude)
     paths = _input_paths(datalist, glob, data_list_key)
-    check_leakage(paths, exclude)
+    held = _held_out([datalist, holdout_datalist], data_list_key)
+    check_leakage(paths, exclude, held, tuple(held))
     transform = volume_transforms(modality, label_key=None, window=window, percentiles=percentiles)
     out_dir = Path(output_dir)
     (out_dir / "slices").mkdir(parents=True, exist_ok=True)
@@ -184,7 +150,7 @@ def prepare_unlabeled(
 
 class UnlabeledSliceDataset(Dataset):
     """Slices written by :func:`prepare_unlabeled`: ``__getitem__`` gives ``{image: [1, S, S] float32}`` after
-    ``transform`` (e.g. augmented views for the contrastive teacher).
+    ``transform`` (e.g. augmented views for the contrastive teacher), and ``source`` (``"<file> (slice j)"``).
 
     Args:
         data: the datalist JSON path, or its ``training`` items (``{image: path to [N, S, S] .npy}``).
@@ -204,5 +170,5 @@ class UnlabeledSliceDataset(Dataset):
     def _transform(self, index: int) -> dict:
         record = self.data[index]
         array = np.asarray(self.arrays[record["volume"]][record["slice"]], dtype=np.float32)
-        d = {"image": torch.from_numpy(array)[None]}
+        d = {"image": torch.from_numpy(array)[None], "source": f"{record['source']} (slice {record['slice']})"}
         return apply_transform(self.transform, d) if self.transform is not None else d
