@@ -8,7 +8,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_output"]
+__all__ = ["atomic_output", "bundle_dir"]
+
+BUNDLES = ("samora_synapse", "samora_la")
 
 
 @contextmanager
@@ -26,3 +28,20 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def bundle_dir(name: str | os.PathLike) -> Path:
+    """The folder of a shipped bundle (``"samora_synapse"``, ``"samora_la"``), or ``name`` itself when it is a bundle
+    folder (one with ``configs/train.yaml``). Raises ``FileNotFoundError`` naming the places looked at."""
+    path = Path(name)
+    if (path / "configs" / "train.yaml").is_file():
+        return path.resolve()
+    package = Path(__file__).resolve().parent
+    candidates = [package / "bundles" / str(name), package.parent / "bundles" / str(name)]
+    for folder in candidates:
+        if (folder / "configs" / "train.yaml").is_file():
+            return folder
+    raise FileNotFoundError(
+        f"bundle {str(name)!r} not found: neither a bundle folder (with configs/train.yaml) nor one of {BUNDLES} "
+        f"shipped in {[str(c) for c in candidates]}"
+    )
