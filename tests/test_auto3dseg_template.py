@@ -211,7 +211,7 @@ def test_bundlegen_train_score_ensemble(tmp_path, offline_python):
 
 
 def _write_experts(folder, variant="tiny", img_size=32) -> str:
-    """Stage-1 expert files image.pt / patch.pt / pixel.pt of a random tiny backbone (non-zero LoRA B, so they count)."""
+    """Expert files image.pt / patch.pt / pixel.pt of a random tiny backbone (non-zero LoRA B, so they count)."""
     import torch
 
     from samora_monai.networks import SamoraNet
