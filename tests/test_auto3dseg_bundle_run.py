@@ -94,3 +94,25 @@ def test_progress_files_have_normal_permissions(tmp_path):
     record = yaml.safe_load((tmp_path / "progress.yaml").read_text())
     assert record[0]["val_mean_dice"] == 0.0 and record[0]["best_avg_dice_score_epoch"] == 1  # NaN counts as 0
     assert (tmp_path / "training.log").read_text().splitlines()[-1].startswith("epoch 1/1 loss 0.5000")
+
+
+@pytest.mark.parametrize("axis, n_slices", [(2, 6), (0, 10)])
+def test_slice_axis_reaches_the_bundle_dataset_and_inferer(tmp_path, axis, n_slices):
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    image = np.random.RandomState(0).rand(10, 12, 6).astype(np.float32) * 300
+    label = np.zeros((10, 12, 6), np.uint8)
+    label[2:5, 3:8, 1:4] = 1
+    for name, arr in (("img.nii.gz", image), ("lab.nii.gz", label)):
+        nib.save(nib.Nifti1Image(arr, np.eye(4)), str(tmp_path / name))
+    item = {"image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "lab.nii.gz")}
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": [item], "validation": [item]}))
+    settings = load_settings(_settings(tmp_path, slice_axis=axis, img_size=16))
+    wf = bundle_workflow(settings, "train", "/none", {"datalist": str(datalist)})
+    dataset = wf.parser.get_parsed_content("train#dataset")
+    assert len(dataset) == n_slices and tuple(dataset[0]["image"].shape) == (1, 16, 16)
+    assert wf.parser.get_parsed_content("validate#inferer").spatial_dim == axis

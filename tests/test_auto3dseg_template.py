@@ -171,6 +171,10 @@ def test_bundlegen_train_score_ensemble(tmp_path, offline_python):
     assert len(epoch_lines) == 2 and all(" loss " in line and "val_mean_dice" in line for line in epoch_lines)
     assert epoch_lines[0].startswith("epoch 1/2") and epoch_lines[1].startswith("epoch 2/2")
     assert "ABLATION (allow_missing_experts: true)" in log
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("model.pt", "training.log", "progress.yaml", "datalist_fold0.json"):  # normal, not 0600
+        assert os.stat(os.path.join(ckpt, name)).st_mode & 0o777 == 0o666 & ~mask, name
     with open(os.path.join(ckpt, "progress.yaml")) as f:
         progress = yaml.safe_load(f)
     assert [r["epoch"] for r in progress] == [1, 2]  # every validation, not only improvements
