@@ -200,8 +200,15 @@ def test_bundlegen_train_score_ensemble(tmp_path, offline_python):
     with open(os.path.join(ckpt, "validation", "metrics_monai.json")) as f:
         assert json.load(f)["num_cases"] == 2  # fold 0 validates on img0, img1
 
+    # the datalist's testing images through the bundle's inference workflow, then one image through InferClass
+    infer = os.path.join(algo.get_output_path(), "scripts", "infer.py")
+    subprocess.run([sys.executable, infer, "run", f"--config_file={configs}"], check=True)
+    saved_path = os.path.join(algo.get_output_path(), "prediction_testing", "img4_seg.nii.gz")
+    batch = nib.load(saved_path).get_fdata()
+    os.remove(saved_path)
     mask = algo.get_inferer().infer(test_image, save_mask=True)
-    saved = nib.load(os.path.join(algo.get_output_path(), "prediction_testing", "img4_seg.nii.gz"))
+    saved = nib.load(saved_path)
+    np.testing.assert_array_equal(batch, saved.get_fdata())
     assert tuple(mask.shape) == (1, *SHAPE) and saved.shape == SHAPE
     np.testing.assert_array_equal(saved.get_fdata(), mask[0].numpy())
     np.testing.assert_array_equal(mask[0].numpy(), prob.argmax(0).numpy())

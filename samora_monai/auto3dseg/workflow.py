@@ -69,7 +69,9 @@ def _check_experts(folder: str) -> None:
         raise FileNotFoundError(f"expert_dir {folder}: missing stage-1 expert files {missing}")
 
 
-def _run(workflow: Any) -> None:
+def _run(workflow: Any, initialize: bool = True) -> None:
+    if initialize:
+        workflow.initialize()
     workflow.run()
     workflow.finalize()
 
@@ -108,7 +110,7 @@ def train(settings: SamoraSettings) -> dict[str, Any]:
                for k, v in settings.replaced_derived.items()]  # fmt: skip
     progress = TrainingProgress(settings.ckpt_path, header)
     progress.attach(trainer, evaluator)
-    _run(wf)
+    _run(wf, initialize=False)  # initialised above: a second initialize would rebuild the engines
     model = os.path.join(settings.ckpt_path, "model.pt")
     if not os.path.isfile(model):
         raise RuntimeError(f"training finished without writing {model}")
@@ -190,5 +192,4 @@ class SamoraPredictor:
             expert_folder(self.settings)[0],
             {"checkpoint": self.checkpoint, "datalist": list(image_files), "output_dir": output_dir},
         )
-        wf.initialize()
         _run(wf)
