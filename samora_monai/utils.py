@@ -9,7 +9,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NULL_STRINGS", "atomic_output", "optional_value"]
+__all__ = ["NULL_STRINGS", "atomic_output", "bundle_dir", "optional_value"]
+
+BUNDLES = ("samora_synapse", "samora_la")
 
 # what a "turn it off" value may look like once it has passed through YAML, JSON or the bundle command line
 # (``--key null`` arrives as the string "null"; MONAI's CLI drops a bare ``--key None`` before the config sees it)
@@ -42,3 +44,20 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def bundle_dir(name: str | os.PathLike) -> Path:
+    """The folder of a shipped bundle (``"samora_synapse"``, ``"samora_la"``), or ``name`` itself when it is a bundle
+    folder (one with ``configs/train.yaml``). Raises ``FileNotFoundError`` naming the places looked at."""
+    path = Path(name)
+    if (path / "configs" / "train.yaml").is_file():
+        return path.resolve()
+    package = Path(__file__).resolve().parent
+    candidates = [package / "bundles" / str(name), package.parent / "bundles" / str(name)]
+    for folder in candidates:
+        if (folder / "configs" / "train.yaml").is_file():
+            return folder
+    raise FileNotFoundError(
+        f"bundle {str(name)!r} not found: neither a bundle folder (with configs/train.yaml) nor one of {BUNDLES} "
+        f"shipped in {[str(c) for c in candidates]}"
+    )

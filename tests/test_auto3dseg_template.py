@@ -19,16 +19,19 @@ from samora_monai.auto3dseg.settings import in_plane_size, slice_axis_from_spaci
 
 SHAPE = (32, 28, 8)
 SPACING = (1.0, 1.0, 3.0)
-# tiny settings for every training run: 1 epoch, a few slice batches, the tiny random backbone at 32x32
+# tiny settings for every training run: 2 epochs of a few slice batches, the tiny random backbone at 32x32, on CPU;
+# warmup_iters is a key of the bundle's train.yaml (it reaches the bundle through bundle_overrides)
 TRAIN_PARAMS = {
-    "num_epochs": 1,
+    "num_epochs": 2,
     "num_images_per_batch": 8,
     "variant": "tiny",
     "random_init": True,
     "num_workers": 0,
     "warmup_iters": 1,
     "slice_batch_size": 8,
+    "device": "cpu",
 }
+ABLATION = {"allow_missing_experts": True}  # no stage 1: keeps the BundleGen test fast (ssl: run has its own test)
 
 
 def _stats(labels=(0, 1, 2), shape=(512, 512, 90), spacing=(0.8, 0.8, 3.0), channels=1, p=(-90.0, 260.0)) -> dict:
@@ -81,7 +84,10 @@ def test_template_path_layout():
         assert os.path.isfile(os.path.join(root, rel)), rel
     with open(os.path.join(root, "configs", "hyper_parameters.yaml")) as f:
         cfg = yaml.safe_load(f)
-    assert cfg["ckpt_path"] == "$@bundle_root + '/model_fold' + str(@fold)" and cfg["ssl"] == "skip"
+    assert cfg["ckpt_path"] == "$@bundle_root + '/model_fold' + str(@fold)" and cfg["ssl"] == "run"
+    # the recipe lives in the bundle: hyper_parameters.yaml restates none of it
+    for key in ("learning_rate", "weight_decay", "warmup_iters", "lambda_dice", "epochs", "batch_size"):
+        assert key not in cfg, key
 
 
 def _make_data(root, **extra) -> tuple[str, str]:
@@ -156,17 +162,30 @@ def test_bundlegen_train_score_ensemble(tmp_path, offline_python):
     lo, hi = cfg["intensity_window"]
     assert -100 <= lo < hi <= 300
 
-    algo.train(train_params=TRAIN_PARAMS)
+    algo.train(train_params={**TRAIN_PARAMS, **ABLATION, "val_interval": 1})
     ckpt = os.path.join(algo.get_output_path(), "model_fold0")
-    assert os.path.isfile(os.path.join(ckpt, "best_metric_model.pt"))
+    assert os.path.isfile(os.path.join(ckpt, "model.pt"))
+    with open(os.path.join(ckpt, "training.log")) as f:
+        log = f.read()
+    epoch_lines = [line for line in log.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 2 and all(" loss " in line and "val_mean_dice" in line for line in epoch_lines)
+    assert epoch_lines[0].startswith("epoch 1/2") and epoch_lines[1].startswith("epoch 2/2")
+    assert "ABLATION (allow_missing_experts: true)" in log
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("model.pt", "training.log", "progress.yaml", "datalist_fold0.json"):  # normal, not 0600
+        assert os.stat(os.path.join(ckpt, name)).st_mode & 0o777 == 0o666 & ~mask, name
     with open(os.path.join(ckpt, "progress.yaml")) as f:
         progress = yaml.safe_load(f)
-    assert set(progress[-1]) == {"best_avg_dice_score", "best_avg_dice_score_epoch", "best_avg_dice_score_iteration"}
-    assert progress[-1]["best_avg_dice_score_epoch"] == 1
+    assert [r["epoch"] for r in progress] == [1, 2]  # every validation, not only improvements
+    best = max(r["val_mean_dice"] for r in progress)
+    assert progress[-1]["best_avg_dice_score"] == pytest.approx(best)
+    assert progress[-1]["best_avg_dice_score_epoch"] == [r["epoch"] for r in progress if r["val_mean_dice"] == best][0]
     score = algo.get_score()
     assert 0.0 <= score <= 1.0 and score == progress[-1]["best_avg_dice_score"]
     trained = ConfigParser.load_config_file(os.path.join(algo.get_output_path(), "configs", "hyper_parameters.yaml"))
-    assert trained["variant"] == "tiny" and trained["num_epochs"] == 1  # training parameters recorded
+    assert trained["variant"] == "tiny" and trained["num_epochs"] == 2  # training parameters recorded
+    assert trained["bundle_overrides"] == {"warmup_iters": 1}
 
     prob = algo.predict([test_image])[0]
     assert tuple(prob.shape) == (3, *SHAPE)
@@ -178,9 +197,18 @@ def test_bundlegen_train_score_ensemble(tmp_path, offline_python):
     subprocess.run([sys.executable, validate, "run", f"--config_file={configs}"], check=True)
     with open(os.path.join(ckpt, "validation.yaml")) as f:
         assert yaml.safe_load(f)["mean_dice"] == pytest.approx(score, abs=1e-4)  # same model, same volumes
+    with open(os.path.join(ckpt, "validation", "metrics_monai.json")) as f:
+        assert json.load(f)["num_cases"] == 2  # fold 0 validates on img0, img1
 
+    # the datalist's testing images through the bundle's inference workflow, then one image through InferClass
+    infer = os.path.join(algo.get_output_path(), "scripts", "infer.py")
+    subprocess.run([sys.executable, infer, "run", f"--config_file={configs}"], check=True)
+    saved_path = os.path.join(algo.get_output_path(), "prediction_testing", "img4_seg.nii.gz")
+    batch = nib.load(saved_path).get_fdata()
+    os.remove(saved_path)
     mask = algo.get_inferer().infer(test_image, save_mask=True)
-    saved = nib.load(os.path.join(algo.get_output_path(), "prediction_testing", "img4_seg.nii.gz"))
+    saved = nib.load(saved_path)
+    np.testing.assert_array_equal(batch, saved.get_fdata())
     assert tuple(mask.shape) == (1, *SHAPE) and saved.shape == SHAPE
     np.testing.assert_array_equal(saved.get_fdata(), mask[0].numpy())
     np.testing.assert_array_equal(mask[0].numpy(), prob.argmax(0).numpy())
@@ -193,13 +221,33 @@ def test_bundlegen_train_score_ensemble(tmp_path, offline_python):
     assert set(np.unique(preds[0].numpy()).tolist()) <= {0, 1, 2}
 
 
+def _write_experts(folder, variant="tiny", img_size=32) -> str:
+    """Expert files image.pt / patch.pt / pixel.pt of a random tiny backbone (non-zero LoRA B, so they count)."""
+    import torch
+
+    from samora_monai.networks import SamoraNet
+    from samora_monai.networks.expert_io import save_expert
+
+    torch.manual_seed(0)
+    net = SamoraNet(num_classes=1, variant=variant, img_size=img_size, random_init=True)
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if ".lora.experts." in name:
+                param.normal_(0, 0.02)
+    os.makedirs(folder, exist_ok=True)
+    for level in ("image", "patch", "pixel"):
+        save_expert(net, level, os.path.join(folder, f"{level}.pt"))
+    return str(folder)
+
+
 @pytest.mark.slow
 def test_autorunner_end_to_end(tmp_path, offline_python):
     from monai.apps.auto3dseg import AutoRunner
 
-    # the backbone settings come from the input config's "samora" section (what the CLI uses), the rest from
+    # the backbone and the experts come from the input config's "samora" section (what the CLI uses), the rest from
     # set_training_params: without random_init reaching the template, training would fail for want of a SAM checkpoint
-    backbone = {"variant": "tiny", "random_init": True}
+    experts = _write_experts(tmp_path / "experts")
+    backbone = {"variant": "tiny", "random_init": True, "expert_dir": experts}
     input_yaml, test_image = _make_data(tmp_path, samora=backbone)
     work = tmp_path / "work"
     runner = AutoRunner(
@@ -207,7 +255,7 @@ def test_autorunner_end_to_end(tmp_path, offline_python):
     )
     runner.set_num_fold(1)
     runner.set_analyze_params({"device": "cpu", "worker": 0, "do_ccp": False})
-    runner.set_training_params({k: v for k, v in TRAIN_PARAMS.items() if k not in backbone})
+    runner.set_training_params({**{k: v for k, v in TRAIN_PARAMS.items() if k not in backbone}, "num_epochs": 1})
     runner.set_device_info(cuda_visible_devices=[], cmd_prefix=sys.executable)
     runner.run()
 
@@ -217,6 +265,8 @@ def test_autorunner_end_to_end(tmp_path, offline_python):
     assert cfg["variant"] == "tiny" and cfg["random_init"] is True and cfg["num_epochs"] == 1
     with open(work / "samora_0" / "model_fold0" / "progress.yaml") as f:
         assert 0.0 <= yaml.safe_load(f)[-1]["best_avg_dice_score"] <= 1.0
+    with open(work / "samora_0" / "model_fold0" / "training.log") as f:
+        assert f"experts from expert_dir {experts}" in f.read()
     out = work / "ensemble_output" / "img4_ensemble.nii.gz"
     assert out.is_file()
     seg = nib.load(str(out))
@@ -224,36 +274,83 @@ def test_autorunner_end_to_end(tmp_path, offline_python):
     np.testing.assert_allclose(seg.affine, nib.load(test_image).affine, atol=1e-5)
 
 
-def test_load_config_overrides_persist_and_errors(tmp_path):
+def _template_config(tmp_path, **values) -> str:
     import shutil
-
-    from samora_monai.auto3dseg.workflow import _check_ssl, load_config
 
     cfg_file = str(tmp_path / "hyper_parameters.yaml")
     shutil.copy(os.path.join(get_template_path(), ALGO_NAME, "configs", "hyper_parameters.yaml"), cfg_file)
+    if values:
+        with open(cfg_file) as f:
+            cfg = yaml.safe_load(f)
+        cfg.update(values)
+        with open(cfg_file, "w") as f:
+            yaml.safe_dump(cfg, f)
+    return cfg_file
+
+
+def test_load_settings_typed_overrides_persist_and_errors(tmp_path, caplog):
+    from samora_monai.auto3dseg import load_settings
+
+    cfg_file = _template_config(tmp_path, random_init=True)
     with pytest.raises(ValueError, match="bundle_root"):
-        load_config(cfg_file)
-    cfg = load_config([cfg_file], {"bundle_root": "/b", "fold": 2, "variant": "tiny", "no_such_key": 1}, persist=True)
-    assert cfg["ckpt_path"] == "/b/model_fold2" and cfg["infer"]["ckpt_name"] == "/b/model_fold2/best_metric_model.pt"
+        load_settings(cfg_file)
+    override = {"bundle_root": "/b", "fold": "2", "variant": "tiny", "img_size": 64, "random_init": "true",
+                "learning_rate": 0.01, "no_such_key": 1}  # fmt: skip
+    with caplog.at_level("WARNING"):
+        settings = load_settings([cfg_file], override, persist=True)
+    assert "img_size: the given 64 replaces the value derived from the data (224)" in caplog.text
+    assert "no_such_key" in caplog.text
+    assert settings.fold == 2 and settings.random_init is True and settings.ssl == "run"  # typed once
+    assert settings.ckpt_path == "/b/model_fold2" and settings.infer["ckpt_name"] == "/b/model_fold2/model.pt"
+    assert settings.bundle_overrides == {"learning_rate": 0.01}  # a train.yaml key goes to the bundle
     with open(cfg_file) as f:
         saved = yaml.safe_load(f)
-    assert saved["variant"] == "tiny" and saved["fold"] == 2 and "no_such_key" not in saved
+    assert saved["variant"] == "tiny" and saved["fold"] == "2" and "no_such_key" not in saved
+    assert saved["bundle_overrides"] == {"learning_rate": 0.01}
+    assert saved["replaced_derived"] == {"img_size": {"derived": 224, "given": 64}}
+    assert os.stat(cfg_file).st_mode & 0o777 == 0o666 & ~_umask()
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
-        load_config(str(tmp_path / "missing.yaml"))
-    assert _check_ssl({"ssl": "skip"}) == "skip" and _check_ssl({"ssl": "RUN"}) == "run"
-    with pytest.raises(ValueError, match="ssl"):
-        _check_ssl({"ssl": "maybe"})
+        load_settings(str(tmp_path / "missing.yaml"))
+    for bad, match in [({"ssl": "maybe"}, "maybe"), ({"slice_axis": 3}, "3"), ({"random_init": "perhaps"}, "perhaps"),
+                       ({"random_init": False}, "sam_checkpoint"), ({"num_epochs": 0}, "num_epochs")]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            load_settings(cfg_file, {"bundle_root": "/b", **bad})
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_experts_required_unless_ablation(tmp_path):
+    from samora_monai.auto3dseg import load_settings
+    from samora_monai.auto3dseg.workflow import _check_experts, expert_folder
+
+    cfg_file = _template_config(tmp_path, random_init=True, bundle_root=str(tmp_path))
+    assert expert_folder(load_settings(cfg_file))[0] == str(tmp_path / "model_fold0" / "ssl" / "models" / "experts")
+    with pytest.raises(ValueError, match="allow_missing_experts"):
+        expert_folder(load_settings(cfg_file, {"ssl": "skip"}))
+    assert "ABLATION" in expert_folder(load_settings(cfg_file, {"ssl": "skip", "allow_missing_experts": True}))[1]
+    given = expert_folder(load_settings(cfg_file, {"expert_dir": str(tmp_path / "e")}))[0]
+    assert given == str(tmp_path / "e")
+    with pytest.raises(FileNotFoundError, match="image.pt"):
+        _check_experts(given)
 
 
 def test_ssl_settings_errors(tmp_path):
-    from samora_monai.auto3dseg.workflow import DEFAULT_SSL_BUNDLE, _ssl_configs, _ssl_overrides
+    from samora_monai.auto3dseg import load_settings
+    from samora_monai.auto3dseg.ssl import ssl_overrides
+    from samora_monai.utils import bundle_dir
 
-    assert _ssl_configs({"ssl_bundle": None}) == DEFAULT_SSL_BUNDLE / "configs"
-    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
-        _ssl_configs({"ssl_bundle": str(tmp_path)})
-    assert _ssl_overrides({"ssl_overrides": {"all": ["--log_interval", 1]}}) == {"all": ["--log_interval", "1"]}
+    assert (bundle_dir("samora_synapse") / "configs" / "pretrain_image.yaml").is_file()
+    with pytest.raises(FileNotFoundError, match="no_bundle"):
+        bundle_dir(str(tmp_path / "no_bundle"))
+    cfg_file = _template_config(tmp_path, random_init=True, bundle_root=str(tmp_path))
+    settings = load_settings(cfg_file, {"ssl_overrides": {"all": ["--log_interval", 1]}})
+    assert ssl_overrides(settings) == {"all": ["--log_interval", "1"]}
     with pytest.raises(ValueError, match="teacher_pixel"):
-        _ssl_overrides({"ssl_overrides": {"teacher_pixel": []}})
+        ssl_overrides(load_settings(cfg_file, {"ssl_overrides": {"teacher_pixel": []}}))
 
 
 # tiny stage-1 teachers and heads, as the quick demo uses them

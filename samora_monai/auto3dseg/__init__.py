@@ -1,16 +1,18 @@
 """Auto3DSeg plugin: the ``samora`` algorithm template and the code its scripts call.
 
 ``AutoRunner(work_dir=..., input=..., algos=["samora"], templates_path_or_url=get_template_path())`` trains, scores and
-ensembles SAMora without network access; see ``algorithm_templates/samora/docs/README.md``.
+ensembles SAMora without network access, by running the bundle's own configs; see
+``algorithm_templates/samora/docs/README.md``.
 """
 
 from __future__ import annotations
 
 import os
 
+from samora_monai.auto3dseg.config import SamoraSettings, load_settings
 from samora_monai.auto3dseg.settings import ALGO_NAME, derive_hyper_parameters
 
-__all__ = ["ALGO_NAME", "derive_hyper_parameters", "get_template_path"]
+__all__ = ["ALGO_NAME", "SamoraSettings", "derive_hyper_parameters", "get_template_path", "load_settings"]
 
 
 def get_template_path() -> str:

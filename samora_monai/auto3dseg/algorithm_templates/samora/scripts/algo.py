@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -9,9 +10,10 @@ import fire
 from monai.apps.auto3dseg import BundleAlgo
 from monai.bundle import ConfigParser
 
+from samora_monai.auto3dseg.config import DERIVED_KEYS, HYPER_PARAMETERS, bundle_train_config, save_yaml
 from samora_monai.auto3dseg.settings import derive_hyper_parameters
 
-HYPER_PARAMETERS = "hyper_parameters.yaml"
+logger = logging.getLogger(__name__)
 USER_SECTION = "samora"  # optional section of the input config with user settings (variant, sam_checkpoint, ...)
 
 
@@ -21,7 +23,9 @@ class SamoraAlgo(BundleAlgo):
     ``fill_template_config`` derives the number of classes, modality and intensity window, input channels, slice axis
     and in-plane input size from the data statistics. User settings (``variant``, ``sam_checkpoint``, ``lora_rank``,
     ``expert_dir``, ...) come from the optional ``samora:`` section of the input config; keyword arguments whose keys
-    exist in ``hyper_parameters.yaml`` (``fold`` from ``BundleGen.generate``) override both. ``max_img_size`` and
+    exist in ``hyper_parameters.yaml`` (``fold`` from ``BundleGen.generate``) override both; a user value replacing
+    a derived one is logged and recorded in ``replaced_derived``. Keys of the bundle's ``train.yaml`` (e.g.
+    ``learning_rate``) go to ``bundle_overrides``. ``max_img_size`` and
     ``anisotropy_threshold`` keyword arguments tune the derivation. Training parameters
     (``algo.train(train_params)``, ``AutoRunner.set_training_params``) override everything at training time.
     """
@@ -63,13 +67,21 @@ class SamoraAlgo(BundleAlgo):
         config_file = os.path.join(output_path, "configs", HYPER_PARAMETERS)
         config = ConfigParser.load_config_file(config_file)
         user = dict(data_src.get(USER_SECTION) or {})
-        unknown = sorted(set(user) - set(config))
+        user.update({k: v for k, v in kwargs.items() if k in config})
+        bundle_keys = set(bundle_train_config(user.get("bundle", config["bundle"])))
+        unknown = sorted(set(user) - set(config) - bundle_keys)
         if unknown:
             raise ValueError(f"{self.data_list_file}: '{USER_SECTION}' has keys unknown to the template: {unknown}")
-        fill.update(user)
-        fill.update({k: v for k, v in kwargs.items() if k in config})
+        to_bundle = {k: user.pop(k) for k in list(user) if k not in config}
+        user["bundle_overrides"] = {**dict(user.get("bundle_overrides") or {}), **to_bundle}
+        replaced = {k: {"derived": derived[k], "given": v} for k, v in user.items() if k in DERIVED_KEYS
+                    and v != derived[k]}  # fmt: skip
+        for key, value in replaced.items():
+            logger.warning("%s: the user's %r replaces the value derived from the data (%r)", key, value["given"],
+                           value["derived"])  # fmt: skip
+        fill.update(user, replaced_derived=replaced)
         config.update(fill)
-        ConfigParser.export_config_file(config, config_file, fmt="yaml", default_flow_style=None, sort_keys=False)
+        save_yaml(config, config_file)
         return {HYPER_PARAMETERS: fill}
 
 

@@ -14,7 +14,8 @@ import fire
 import torch
 from monai.auto3dseg.utils import datafold_read
 
-from samora_monai.auto3dseg.workflow import SamoraPredictor, load_config
+from samora_monai.auto3dseg.config import load_settings
+from samora_monai.auto3dseg.workflow import SamoraPredictor
 from samora_monai.inferers import prediction_path
 
 # prediction parameters that EnsembleRunner passes to every algorithm and that are not config keys
@@ -29,24 +30,25 @@ class InferClass:
     def __init__(self, config_file: str | Sequence[str], **override: Any) -> None:
         for key in ENSEMBLE_KEYS:
             override.pop(key, None)
-        self.cfg = load_config(config_file, override)
-        self.predictor = SamoraPredictor(self.cfg)
+        self.settings = load_settings(config_file, override)
+        self.predictor = SamoraPredictor(self.settings)
 
     @torch.no_grad()
     def infer(self, image_file: str | dict, save_mask: bool = False) -> torch.Tensor:
         prob = self.predictor(image_file)
         if save_mask:
-            return self.predictor.save_mask(prob, self.cfg["infer"]["output_path"])
+            return self.predictor.save_mask(prob, self.settings.infer["output_path"])
         return prob
 
     def batch_infer(self) -> list[str]:
-        """Write the masks of every image in the datalist section ``infer#data_list_key``."""
-        cfg = self.cfg
-        key, output_dir = cfg["infer"]["data_list_key"], cfg["infer"]["output_path"]
-        files, _ = datafold_read(cfg["data_list_file_path"], cfg["data_file_base_dir"], fold=-1, key=key)
-        for item in files:
-            self.infer(item["image"], save_mask=True)
-        return [str(prediction_path(item["image"], output_dir)) for item in files]
+        """Write the masks of every image in the datalist section ``infer#data_list_key`` (the bundle's inference
+        workflow)."""
+        settings = self.settings
+        key, output_dir = settings.infer["data_list_key"], settings.infer["output_path"]
+        files, _ = datafold_read(settings.data_list_file_path, settings.data_file_base_dir, fold=-1, key=key)
+        images = [item["image"] for item in files]
+        self.predictor.batch(images, output_dir)
+        return [str(prediction_path(image, output_dir)) for image in images]
 
 
 def run(config_file: str | Sequence[str], **override: Any) -> list[str]:

@@ -8,15 +8,17 @@ from typing import Any
 
 import fire
 
-from samora_monai.auto3dseg.workflow import load_config, train
+from samora_monai.auto3dseg.config import load_settings
+from samora_monai.auto3dseg.workflow import train
 
 
 def run(config_file: str | Sequence[str], **override: Any) -> dict:
-    """Train on 2D slices of the fold's training volumes, validate on whole volumes; writes
-    ``<ckpt_path>/best_metric_model.pt`` and ``<ckpt_path>/progress.yaml``. ``override`` replaces config keys and
-    is recorded in ``hyper_parameters.yaml``."""
+    """Train on 2D slices of the fold's training volumes with the bundle's ``train.yaml``, validating on its validation
+    volumes; writes ``<ckpt_path>/model.pt``, ``training.log`` and ``progress.yaml``. ``override`` replaces template
+    keys (or the bundle's ``train.yaml`` keys, through ``bundle_overrides``) and is recorded in
+    ``hyper_parameters.yaml``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return train(load_config(config_file, override, persist=True))
+    return train(load_settings(config_file, override, persist=True))
 
 
 if __name__ == "__main__":

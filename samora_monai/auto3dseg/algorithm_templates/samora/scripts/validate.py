@@ -8,14 +8,15 @@ from typing import Any
 
 import fire
 
-from samora_monai.auto3dseg.workflow import load_config, validate
+from samora_monai.auto3dseg.config import load_settings
+from samora_monai.auto3dseg.workflow import validate
 
 
 def run(config_file: str | Sequence[str], **override: Any) -> dict:
-    """Mean foreground Dice of ``best_metric_model.pt`` on the fold's validation volumes
+    """Mean foreground Dice of ``model.pt`` on the fold's validation volumes with the bundle's ``evaluate.yaml``
     (also written to ``<ckpt_path>/validation.yaml``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return validate(load_config(config_file, override))
+    return validate(load_settings(config_file, override))
 
 
 if __name__ == "__main__":
