@@ -9,11 +9,11 @@ import fire
 COMMANDS: dict[str, str] = {
     # command name -> "module:function"; only the module of the command that runs is imported.
     "prepare_unlabeled": "samora_monai.data.unlabeled:prepare_unlabeled",
-    "package_bundle": "samora_monai.packaging:package_bundle",
-    "monailabel_install": "samora_monai.monailabel_app:monailabel_install",
-    "monailabel_serve": "samora_monai.monailabel_app:monailabel_serve",
-    "make_demo_data": "samora_monai.data.phantom:make_demo_data",
-    "demo": "samora_monai.demo:run_demo",
+    "package_bundle": "samora_monai.apps.packaging:package_bundle",
+    "monailabel_install": "samora_monai.apps.monailabel:monailabel_install",
+    "monailabel_serve": "samora_monai.apps.monailabel:monailabel_serve",
+    "make_demo_data": "samora_monai.apps.phantom:make_demo_data",
+    "demo": "samora_monai.apps.demo:run_demo",
 }
 
 

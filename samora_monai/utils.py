@@ -1,4 +1,4 @@
-"""Small shared helpers."""
+"""Small shared helpers: atomic file output, command-line flags, where the shipped bundles are."""
 
 from __future__ import annotations
 
@@ -6,9 +6,18 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
 
-__all__ = ["atomic_output"]
+__all__ = ["as_bool", "atomic_output", "bundle_dir", "bundle_names"]
+
+_SOURCE_BUNDLES = Path(__file__).resolve().parent.parent / "bundles"  # a source checkout's bundles/
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -16,13 +25,51 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` when the block succeeds.
 
     The temporary name ends with the target's name, so writers that pick the format from the extension
-    (nibabel's ``.nii.gz``) behave the same. On an exception the temporary file is deleted and re-raised.
+    (nibabel's ``.nii.gz``) behave the same. The result gets the permissions of a plain new file
+    (``0o666 & ~umask``). On an exception the temporary file is deleted and the exception re-raised.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:12]}-{path.name}")
     try:
         yield tmp
+        if tmp.is_file():
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def as_bool(value: bool | str | int) -> bool:
+    """A flag from YAML (``true``) or the command line (``--random_init true`` arrives as the string)."""
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("true", "1", "yes", "on"):
+            return True
+        if v in ("false", "0", "no", "off", "none", "null", ""):
+            return False
+        raise ValueError(f"not a boolean flag: {value!r}")
+    return bool(value)
+
+
+def _bundle_roots() -> list[Path]:
+    shipped = resources.files("samora_monai") / "bundles"  # package data of an installed wheel
+    roots = [Path(str(shipped)), _SOURCE_BUNDLES]
+    return [r for r in roots if r.is_dir()]
+
+
+def bundle_names() -> list[str]:
+    """The bundles shipped with the package (folders with a ``configs/metadata.json``)."""
+    return sorted({p.parent.parent.name for r in _bundle_roots() for p in r.glob("*/configs/metadata.json")})
+
+
+def bundle_dir(name: str) -> Path:
+    """The folder of the shipped bundle ``name`` (e.g. ``"samora_synapse"``): the package data of an installed
+    wheel (``samora_monai/bundles/<name>``), else the source checkout's ``bundles/<name>``.
+
+    Raises ``FileNotFoundError`` naming the bundles that exist when there is no such bundle.
+    """
+    for root in _bundle_roots():
+        if (root / name / "configs" / "metadata.json").is_file():
+            return root / name
+    raise FileNotFoundError(f"no bundle {name!r} shipped with samora_monai; available: {bundle_names()}")

@@ -17,9 +17,11 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from samora_monai.bundle_utils import as_bool, datalist_section, find_images, load_datalist
-from samora_monai.engines import expert_files, latest_checkpoint, warmup_poly_lr
+from samora_monai.data.bundle_data import datalist_section, find_images, load_datalist
+from samora_monai.engines import expert_files, latest_checkpoint
 from samora_monai.networks import SamoraNet
+from samora_monai.optimizers import warmup_poly_lr
+from samora_monai.utils import as_bool
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = {"synapse": REPO / "bundles" / "samora_synapse", "la": REPO / "bundles" / "samora_la"}

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from samora_monai.demo import DemoStepError, _Runner, demo_settings, run_demo
-from samora_monai.figures import pick_slices, read_loss_log
+from samora_monai.apps.demo import DemoStepError, _Runner, demo_settings, run_demo
+from samora_monai.apps.figures import pick_slices, read_loss_log
 
 ORGANS = ["spleen", "right_kidney", "left_kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas"]
 

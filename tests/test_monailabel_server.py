@@ -19,9 +19,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from samora_monai import monailabel_app
-from samora_monai.monailabel_app import create_app, install_bundle, offline_env, server_command
-from samora_monai.packaging import package_bundle, read_bundle_version
+from samora_monai.apps import monailabel as monailabel_app
+from samora_monai.apps.monailabel import create_app, install_bundle, offline_env, server_command
+from samora_monai.apps.packaging import package_bundle, read_bundle_version
 
 pytest.importorskip("monailabel", reason="MONAI Label extra not installed (make venv installs it)")
 requests = pytest.importorskip("requests")

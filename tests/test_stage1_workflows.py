@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = {"samora_synapse": ROOT / "bundles/samora_synapse", "samora_la": ROOT / "bundles/samora_la"}
-LEVELS = ("image", "patch", "pixel")
+from samora_monai.networks import DEFAULT_LEVELS as LEVELS  # noqa: E402
+
 IMG = 64
 COMMON = ["--img_size", str(IMG), "--batch_size", "4", "--epochs", "1", "--num_workers", "0", "--log_interval", "1"]
 TINY_TEACHER = {

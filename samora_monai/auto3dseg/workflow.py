@@ -28,14 +28,15 @@ from monai.handlers import LrScheduleHandler, MeanDice, StatsHandler, from_engin
 from monai.transforms import Activationsd, AsDiscreted, Compose, Transposed
 from monai.utils import set_determinism
 
-from samora_monai.bundle_utils import as_bool
+from samora_monai.apps.stage1_pipeline import LEVELS, STAGE1_STEPS, run_stage1
 from samora_monai.data import VolumeSliceDataset, prepare_unlabeled, slice_augmentations, volume_transforms
 from samora_monai.data.datalists import write_datalist
-from samora_monai.engines import expert_files, stage2_network, trainable_parameters, warmup_poly_lr
+from samora_monai.engines import expert_files, stage2_network, trainable_parameters
+from samora_monai.optimizers import warmup_poly_lr
 from samora_monai.inferers import ResizedSliceInferer, SaveLabelVolumed
 from samora_monai.losses import segmentation_loss
 from samora_monai.networks import SamoraNet
-from samora_monai.stage1_pipeline import LEVELS, STAGE1_STEPS, run_stage1
+from samora_monai.utils import as_bool
 
 __all__ = [
     "HYPER_PARAMETERS",
@@ -278,8 +279,8 @@ def run_ssl(cfg: Mapping, train_files: Sequence[dict], val_files: Sequence[dict]
     fold's validation images or the ``testing`` items (also passed to the leakage guard of
     :func:`~samora_monai.data.prepare_unlabeled`). Slices are cut at the algorithm's ``img_size`` and intensity
     settings under ``<ckpt_path>/ssl/data/unlabeled``; teachers and experts are trained by
-    :func:`~samora_monai.stage1_pipeline.run_stage1` with the configs of ``ssl_bundle`` into ``<ckpt_path>/ssl/models``
-    (step logs in ``<ckpt_path>/ssl/logs``).
+    :func:`~samora_monai.apps.stage1_pipeline.run_stage1` with the configs of ``ssl_bundle`` into
+    ``<ckpt_path>/ssl/models`` (step logs in ``<ckpt_path>/ssl/logs``).
     """
     if int(cfg["slice_axis"]) != 2:
         raise ValueError(

@@ -441,7 +441,7 @@ def make_demo_data(
         "name": "SAMora abdominal CT phantom (BTCV layout)",
         "description": f"Synthetic CT phantom, seed {seed}, shape {list(shape)}, spacing {spacing_arr.tolist()} mm, "
         f"patient scale {scale:.3f}. validation and testing both hold the held-out labelled cases.",
-        "reference": "samora_monai.data.phantom.make_demo_data",
+        "reference": "samora_monai.apps.phantom.make_demo_data",
         "tensorImageSize": "3D",
         "modality": {"0": "CT"},
         "labels": {str(k): v for k, v in BTCV_LABELS.items()},

@@ -1,6 +1,6 @@
 """``make demo`` / ``python -m samora_monai demo``: the whole SAMora pipeline on the built-in CT phantom.
 
-The demo generates the phantom (:func:`~samora_monai.data.phantom.make_demo_data`), cuts the stage-1 slices with the
+The demo generates the phantom (:func:`~samora_monai.apps.phantom.make_demo_data`), cuts the stage-1 slices with the
 leakage guard, and then runs every workflow of the ``samora_synapse`` bundle through the real MONAI bundle CLI
 (``python -m monai.bundle run <workflow> --config_file ...`` in a subprocess), in order: the two teachers, the three
 stage-1 experts, stage-2 fine-tuning, inference on the held-out cases and their evaluation. A baseline (the same
@@ -27,7 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from samora_monai.stage1_pipeline import LEVELS, bundle_command, pipeline_env, run_checked, run_stage1
+from samora_monai.apps.stage1_pipeline import LEVELS, bundle_command, pipeline_env, run_checked, run_stage1
+from samora_monai.utils import as_bool, bundle_dir
 
 __all__ = ["DemoSettings", "demo_settings", "run_demo"]
 
@@ -97,11 +98,8 @@ def demo_settings(quick: bool = False, sam_checkpoint: str | None = None) -> Dem
 
 
 def bundle_source() -> Path:
-    """The ``samora_synapse`` bundle folder of this checkout."""
-    path = Path(__file__).resolve().parents[1] / "bundles" / BUNDLE_NAME
-    if not (path / "configs" / "train.yaml").is_file():
-        raise FileNotFoundError(f"bundle configs not found under {path}: run the demo from a source checkout")
-    return path
+    """The shipped ``samora_synapse`` bundle folder (:func:`~samora_monai.utils.bundle_dir`)."""
+    return bundle_dir(BUNDLE_NAME)
 
 
 class DemoStepError(RuntimeError):
@@ -235,11 +233,10 @@ def run_demo(
     Raises:
         DemoStepError: a step failed (the message names the step and its log file).
     """
-    from samora_monai.bundle_utils import as_bool
+    from samora_monai.apps.figures import demo_figure
+    from samora_monai.apps.phantom import make_demo_data
     from samora_monai.data import prepare_unlabeled
     from samora_monai.data.datalists import TEST_SPLITS
-    from samora_monai.data.phantom import make_demo_data
-    from samora_monai.figures import demo_figure
 
     quick = as_bool(quick)  # the command line may pass "true"/"false" as text
     sam_checkpoint = sam_checkpoint or os.environ.get("SAM_CHECKPOINT") or None

@@ -2,7 +2,7 @@
 
 Each step is ``python -m monai.bundle run training --config_file <configs>/<workflow>.yaml --bundle_root <out_dir>``
 in a subprocess whose output streams to the terminal and to ``<log_dir>/<step>.log``. Used by the demo
-(:mod:`samora_monai.demo`) and by the Auto3DSeg algorithm's ``ssl: run`` (:mod:`samora_monai.auto3dseg.workflow`).
+(:mod:`samora_monai.apps.demo`) and by the Auto3DSeg algorithm's ``ssl: run`` (:mod:`samora_monai.auto3dseg.workflow`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import samora_monai
+from samora_monai.networks import DEFAULT_LEVELS
+
 __all__ = ["STAGE1_STEPS", "Stage1Error", "bundle_command", "pipeline_env", "run_logged", "run_stage1"]
 
-LEVELS = ("image", "patch", "pixel")
+LEVELS = DEFAULT_LEVELS  # the expert levels, in the order stage 1 trains them
 # (step name, title, workflow config, level, output sub-folder of <out_dir>/models), in the order they must run
 STAGE1_STEPS = (
     ("teacher_image", "stage 1: image-level teacher, ResNet contrastive (SimCLR)", "pretrain_teacher_image", "image",
@@ -37,7 +40,7 @@ def pipeline_env(num_threads: int | None = None, env: Mapping[str, str] | None =
     """Environment of a step: ``env`` (default ``os.environ``) with unbuffered output, this package importable and,
     when given, ``num_threads`` as ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``."""
     env = dict(os.environ if env is None else env)
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(samora_monai.__file__).resolve().parent.parent)  # the folder samora_monai is imported from
     env["PYTHONPATH"] = os.pathsep.join([root, env["PYTHONPATH"]]) if env.get("PYTHONPATH") else root
     env["PYTHONUNBUFFERED"] = "1"
     if num_threads is not None:

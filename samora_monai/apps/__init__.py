@@ -1,0 +1,2 @@
+"""Applications built on the core packages: the end-to-end demo and its phantom data and figures, the stage-1
+pipeline runner, bundle packaging and the MONAI Label app. Core packages never import this one."""
