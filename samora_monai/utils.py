@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,8 +26,9 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` when the block succeeds.
 
     The temporary name ends with the target's name, so writers that pick the format from the extension
-    (nibabel's ``.nii.gz``) behave the same. The result gets the permissions of a plain new file
-    (``0o666 & ~umask``). On an exception the temporary file is deleted and the exception re-raised.
+    (nibabel's ``.nii.gz``, numpy's ``.npy``) behave the same. A written file gets the permissions of a plain new
+    file (``0o666 & ~umask``). The block may also create a folder at the path (then ``path`` must not exist). On an
+    exception the temporary file or folder is deleted and the exception re-raised.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,7 +39,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
             os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
 
 
 def as_bool(value: bool | str | int) -> bool:

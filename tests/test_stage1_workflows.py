@@ -16,6 +16,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from samora_monai.apps.stage1_pipeline import stage1_configs
 from samora_monai.data import prepare_unlabeled
 from samora_monai.networks import SamoraNet, read_expert_file
 from samora_monai.teachers import read_teacher_metadata
@@ -45,7 +46,7 @@ ITERS = SLICES // 4  # batch 4, drop_last
 def run_bundle(workflow: str, bundle_root: Path, *overrides: str, bundle: str = "samora_synapse") -> str:
     """Run one workflow from an unrelated cwd; return its log (stdout + stderr); fail with the log on error."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training",
-           "--config_file", str(BUNDLES[bundle] / "configs" / f"{workflow}.yaml"),
+           "--config_file", repr([str(f) for f in stage1_configs(BUNDLES[bundle] / "configs", workflow)]),
            "--bundle_root", str(bundle_root), *COMMON, *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=bundle_root.parent, env=env, capture_output=True, text=True, timeout=600)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from samora_monai.apps.stage1_pipeline import LEVELS, bundle_command, pipeline_env, run_checked, run_stage1
-from samora_monai.utils import as_bool, bundle_dir
+from samora_monai.utils import as_bool, atomic_output, bundle_dir
 
 __all__ = ["DemoSettings", "demo_settings", "run_demo"]
 
@@ -142,9 +142,8 @@ def _write_split(data_dir: Path, phantom: dict) -> tuple[Path, list[dict]]:
     source = json.loads(Path(phantom["dataset_json"]).read_text())
     split = {"training": source["training"], "validation": source["training"][:1], "testing": source["testing"]}
     path = data_dir / "demo_datalist.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(split, indent=2))
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(split, indent=2))
     return path, source["testing"]
 
 
@@ -166,10 +165,8 @@ def _write_baseline(configs: Path, bundle_root: Path, overrides: Sequence[str], 
         parser[key.lstrip("-")] = value
     set_determinism(seed=int(parser.get_parsed_content("seed")))
     net = parser.get_parsed_content("network_def")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(net.state_dict(), tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.save(net.state_dict(), tmp)
     set_determinism(None)
 
 

@@ -23,6 +23,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from samora_monai.data.transforms import BTCV_TO_SYNAPSE, CT_WINDOW, SYNAPSE_CLASSES  # noqa: E402
+from samora_monai.utils import atomic_output  # noqa: E402
 
 __all__ = ["ORGAN_COLOURS", "demo_figure", "pick_slices", "read_loss_log"]
 
@@ -146,9 +147,7 @@ def demo_figure(
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name("." + out.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_output(out) as tmp:
+        fig.savefig(tmp, dpi=110, format=out.suffix.lstrip(".") or "png")
     plt.close(fig)
-    os.replace(tmp, out)
     return out

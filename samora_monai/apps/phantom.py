@@ -27,6 +27,8 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from samora_monai.utils import atomic_output
+
 __all__ = ["BTCV_LABELS", "ADULT_FOV_MM", "make_phantom_case", "make_demo_data"]
 
 logger = logging.getLogger(__name__)
@@ -366,14 +368,13 @@ def _check_geometry(shape: Sequence[int], spacing: Sequence[float]) -> tuple[tup
 
 
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: str) -> None:
-    """Write through a temporary name and rename, so an interrupted run leaves no truncated file."""
+    """Write through :func:`~samora_monai.utils.atomic_output`: an interrupted run leaves no truncated file."""
     img = nib.Nifti1Image(array, affine)
     img.header.set_xyzt_units("mm")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path).replace(".nii.gz", ".tmp.nii.gz"))
-    nib.save(img, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        nib.save(img, str(tmp))
 
 
 def make_demo_data(
@@ -454,10 +455,8 @@ def make_demo_data(
         + [{"image": entry(i, True)["image"]} for i in train_ids],
     }
     dataset_json = os.path.join(out, "dataset.json")
-    tmp = os.path.join(out, ".dataset.json.tmp")
-    with open(tmp, "w") as f:
+    with atomic_output(dataset_json) as tmp, open(tmp, "w") as f:
         json.dump(datalist, f, indent=2)
-    os.replace(tmp, dataset_json)
     seconds = time.perf_counter() - start
     logger.info("wrote %d phantom cases to %s in %.1f s", len(jobs), out, seconds)
     return {

@@ -32,10 +32,10 @@ from samora_monai.apps.stage1_pipeline import LEVELS, STAGE1_STEPS, run_stage1
 from samora_monai.data import VolumeSliceDataset, prepare_unlabeled, slice_augmentations, volume_transforms
 from samora_monai.data.datalists import write_datalist
 from samora_monai.engines import expert_files, stage2_network, trainable_parameters
-from samora_monai.optimizers import warmup_poly_lr
 from samora_monai.inferers import ResizedSliceInferer, SaveLabelVolumed
 from samora_monai.losses import segmentation_loss
 from samora_monai.networks import SamoraNet
+from samora_monai.optimizers import warmup_poly_lr
 from samora_monai.utils import as_bool
 
 __all__ = [

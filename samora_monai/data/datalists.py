@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+from samora_monai.utils import atomic_output
+
 __all__ = [
     "SPLIT_FILES",
     "TEST_SPLITS",
@@ -264,7 +266,6 @@ def write_datalist(datalist: dict, path: str | os.PathLike, relative: bool = Tru
         else items
         for k, items in datalist.items()
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(out, indent=2))
     return str(path)

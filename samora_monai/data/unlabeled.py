@@ -24,6 +24,7 @@ from tqdm import tqdm
 from samora_monai.data.datalists import SPLIT_FILES, TEST_SPLITS, load_split, write_datalist
 from samora_monai.data.slices import resize_slices, select_slices
 from samora_monai.data.transforms import CT_WINDOW, MR_PERCENTILES, volume_transforms
+from samora_monai.utils import atomic_output
 
 __all__ = ["UnlabeledSliceDataset", "case_ids", "check_leakage", "prepare_unlabeled"]
 
@@ -161,9 +162,8 @@ def prepare_unlabeled(
                 continue
             slices = resize_slices(image[:1], indices, spatial_size, image_mode)[:, 0].numpy().astype(dtype)
             target = out_dir / "slices" / f"{name}.npy"
-            tmp = target.with_name(f".{name}.tmp.npy")
-            np.save(tmp, slices)
-            os.replace(tmp, target)
+            with atomic_output(target) as tmp:
+                np.save(tmp, slices)
             written.append(target)
             items.append({"image": str(target), "num_slices": len(indices), "source": str(Path(path).resolve())})
     except BaseException:

@@ -24,6 +24,7 @@ from torch import nn
 from samora_monai.data import UnlabeledSliceDataset
 from samora_monai.networks import DEFAULT_LEVELS, SamoraNet, configure_stage
 from samora_monai.teachers import TEACHERS, build_teacher
+from samora_monai.utils import as_bool
 
 __all__ = [
     "expert_files",
@@ -73,7 +74,7 @@ def unlabeled_dataset(
 def stage1_teacher(
     level: str,
     checkpoint: str | os.PathLike | None,
-    allow_untrained: bool = False,
+    allow_untrained: bool | str = False,
     img_size: int | None = None,
     config: Mapping[str, Any] | None = None,
 ) -> nn.Module:
@@ -84,6 +85,7 @@ def stage1_teacher(
     arguments) and the log says so loudly. An existing file is always used. The returned teacher's
     ``source_checkpoint`` is the absolute path of the file, or ``"untrained"``.
     """
+    allow_untrained = as_bool(allow_untrained)  # "true" from the command line
     if level not in TEACHERS:
         raise ValueError(f"no teacher for level {level!r}; teachers exist for levels {sorted(TEACHERS)}")
     path = None if checkpoint is None else os.fspath(checkpoint)

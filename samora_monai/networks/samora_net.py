@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -21,6 +22,7 @@ from samora_monai.networks.sam_backbone import (
     read_checkpoint,
 )
 from samora_monai.networks.samora_block import BLOCK_MODES, SamoraBlock
+from samora_monai.utils import as_bool
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +51,8 @@ class SamoraNet(nn.Module):
         mode: initial block mode, ``"plain"``, ``"expert"`` (with ``active_level``) or ``"fused"``.
         active_level: the expert used in ``"expert"`` mode.
         sam_checkpoint: local path of an official SAM checkpoint (e.g. ``sam_vit_b_01ec64.pth``).
-        random_init: must be True to build without ``sam_checkpoint`` (random SAM weights).
+        random_init: True (or ``"true"`` from a command line): random SAM weights, ``sam_checkpoint`` is ignored
+            (tests and demos only). The source of the weights is recorded as ``sam_source``.
         expert_checkpoints: ``{level: path}`` of stage-1 expert files to load.
     """
 
@@ -70,12 +73,14 @@ class SamoraNet(nn.Module):
         mode: str = "fused",
         active_level: str | None = None,
         sam_checkpoint: str | None = None,
-        random_init: bool = False,
+        random_init: bool | str = False,
         expert_checkpoints: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}.")
+        random_init = as_bool(random_init)
+        sam_checkpoint = None if random_init else sam_checkpoint
         if sam_checkpoint is None and not random_init:
             raise ValueError(
                 "No SAM checkpoint given: set `sam_checkpoint` to a local file such as sam_vit_b_01ec64.pth, "
@@ -107,6 +112,7 @@ class SamoraNet(nn.Module):
                 )
             self.image_encoder.blocks[i] = SamoraBlock(block, lora, fuse)
 
+        self.sam_source = "random_init" if random_init else os.path.abspath(os.fspath(sam_checkpoint))
         if sam_checkpoint is not None:
             load_sam_state_dict(
                 self, read_checkpoint(sam_checkpoint), allowed_missing=(".lora.", ".fusion."), source=sam_checkpoint
