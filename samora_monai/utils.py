@@ -10,7 +10,10 @@ from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["as_bool", "atomic_output", "bundle_dir", "bundle_names"]
+__all__ = ["NIFTI_SUFFIXES", "VOLUME_SUFFIXES", "as_bool", "atomic_output", "bundle_dir", "bundle_names", "case_name"]
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+VOLUME_SUFFIXES = (*NIFTI_SUFFIXES, ".npy.h5", ".h5", ".hdf5", ".npz", ".npy")  # NIfTI, TransUNet and LA h5, slices
 
 _SOURCE_BUNDLES = Path(__file__).resolve().parent.parent / "bundles"  # a source checkout's bundles/
 
@@ -43,6 +46,14 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+
+
+def case_name(path: str | os.PathLike) -> str:
+    """The case a volume file holds: its name without folder and volume extension (:data:`VOLUME_SUFFIXES`, any
+    case), ``/d/img0001.nii.gz`` -> ``img0001``, ``case0001.npy.h5`` -> ``case0001``; other extensions: the stem."""
+    name = Path(path).name
+    suffix = next((s for s in VOLUME_SUFFIXES if name.lower().endswith(s)), None)
+    return name[: -len(suffix)] if suffix else Path(name).stem
 
 
 def as_bool(value: bool | str | int) -> bool:

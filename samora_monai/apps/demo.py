@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from samora_monai.apps.stage1_pipeline import LEVELS, bundle_command, pipeline_env, run_checked, run_stage1
-from samora_monai.utils import as_bool, atomic_output, bundle_dir
+from samora_monai.inferers.io import prediction_path
+from samora_monai.utils import as_bool, atomic_output, bundle_dir, case_name
 
 __all__ = ["DemoSettings", "demo_settings", "run_demo"]
 
@@ -271,7 +272,7 @@ def run_demo(
 
     runner.header("slices", "stage-1 unlabeled slices (leakage guard: held-out cases excluded)")
     t = time.perf_counter()
-    exclude = [*TEST_SPLITS, *(Path(p).name.split(".")[0] for p in held_out_images)]
+    exclude = [*TEST_SPLITS, *(case_name(p) for p in held_out_images)]
     print(f"excluded from stage 1: {', '.join(Path(p).name for p in held_out_images)} and the splits "
           f"{', '.join(TEST_SPLITS)}", flush=True)
     unlabeled = prepare_unlabeled(str(bundle_root / "data" / "unlabeled"), datalist=phantom["dataset_json"],
@@ -307,7 +308,7 @@ def run_demo(
         [*bundle_command("run", [configs / "inference.yaml"], bundle_root,
                       [*settings.backbone, "--img_size", str(settings.img_size), "--num_workers", "0"]),
          "--input_images", repr(held_out_images), "--output_dir", str(predictions)],
-        expect=[predictions / f"{Path(p).name.split('.')[0]}_seg.nii.gz" for p in held_out_images],
+        expect=[prediction_path(p, predictions) for p in held_out_images],
     )
     evaluation = out_dir / "evaluation"
     eval_files = [evaluation / f"metrics_{m}.{e}" for m in ("transunet", "monai") for e in ("json", "csv")]

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-from samora_monai.utils import atomic_output
+from samora_monai.utils import NIFTI_SUFFIXES, atomic_output
 
 __all__ = [
     "SPLIT_FILES",
@@ -55,7 +55,6 @@ SPLIT_FILES: dict[str, str] = {
 }
 TEST_SPLITS: tuple[str, ...] = ("synapse_test", "la_test", "promise12_test")
 SYNAPSE_SETTINGS = ("synapse_full", "synapse_10pct")
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _SLICE = re.compile(r"(.+)_slice(\d+)")
 logger = logging.getLogger(__name__)
 

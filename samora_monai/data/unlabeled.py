@@ -24,21 +24,15 @@ from tqdm import tqdm
 from samora_monai.data.datalists import SPLIT_FILES, TEST_SPLITS, load_split, write_datalist
 from samora_monai.data.slices import resize_slices, select_slices
 from samora_monai.data.transforms import CT_WINDOW, MR_PERCENTILES, volume_transforms
-from samora_monai.utils import atomic_output
+from samora_monai.utils import atomic_output, case_name
 
 __all__ = ["UnlabeledSliceDataset", "case_ids", "check_leakage", "prepare_unlabeled"]
 
 logger = logging.getLogger(__name__)
 
-_SUFFIXES = (".nii.gz", ".nii", ".npy.h5", ".h5", ".hdf5", ".npz", ".npy")
 # Synapse/BTCV names: img0001, label0001, case0001 (optionally _sliceNNN); 4 digits, so PROMISE "Case16" and
 # KiTS "case_00001" are not read as Synapse cases
 _SYNAPSE = re.compile(r"(?:img|label|case)_?(\d{4})(?:_slice\d+)?|(\d+)", re.IGNORECASE)
-
-
-def _stem(path: str | os.PathLike) -> str:
-    name = Path(path).name
-    return next((name[: -len(s)] for s in _SUFFIXES if name.lower().endswith(s)), name)
 
 
 def _normalise(name: str) -> set[str]:
@@ -52,7 +46,7 @@ def _normalise(name: str) -> set[str]:
 def case_ids(path: str | os.PathLike) -> set[str]:
     """Identifiers a volume file may be named by in a split: its stem, its folder (LA ``<ID>/mri_norm2.h5``) and,
     for BTCV/Synapse names, the case number (``img0001.nii.gz`` and ``case0001.npy.h5`` are both case 1)."""
-    return _normalise(_stem(path)) | {Path(path).parent.name.lower()}
+    return _normalise(case_name(path)) | {Path(path).parent.name.lower()}
 
 
 def _excluded_ids(exclude: Sequence[str | int]) -> dict[str, str]:
@@ -99,7 +93,7 @@ def _input_paths(datalist: str | None, glob: str | None, data_list_key: str) -> 
 
 
 def _output_names(paths: Sequence[str]) -> list[str]:
-    stems = [_stem(p) for p in paths]
+    stems = [case_name(p) for p in paths]
     if len(set(stems)) < len(stems):  # e.g. LA: every file is <ID>/mri_norm2.h5
         stems = [f"{Path(p).parent.name}_{s}" for p, s in zip(paths, stems, strict=True)]
     if len(set(stems)) < len(stems):

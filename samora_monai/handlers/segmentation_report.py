@@ -12,8 +12,8 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 
-from samora_monai.inferers.io import case_name
 from samora_monai.metrics import MODES, SegmentationReport
+from samora_monai.utils import case_name
 
 __all__ = ["SegmentationReportHandler"]
 
