@@ -9,8 +9,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
-__all__ = ["NIFTI_SUFFIXES", "VOLUME_SUFFIXES", "as_bool", "atomic_output", "bundle_dir", "bundle_names", "case_name"]
+__all__ = [
+    "NIFTI_SUFFIXES",
+    "VOLUME_SUFFIXES",
+    "as_bool",
+    "atomic_output",
+    "bundle_dir",
+    "bundle_names",
+    "case_name",
+    "load_record",
+]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 VOLUME_SUFFIXES = (*NIFTI_SUFFIXES, ".npy.h5", ".h5", ".hdf5", ".npz", ".npy")  # NIfTI, TransUNet and LA h5, slices
@@ -54,6 +64,26 @@ def case_name(path: str | os.PathLike) -> str:
     name = Path(path).name
     suffix = next((s for s in VOLUME_SUFFIXES if name.lower().endswith(s)), None)
     return name[: -len(suffix)] if suffix else Path(name).stem
+
+
+def load_record(path: str | os.PathLike, fmt: str, what: str, hint: str = "") -> dict[str, Any]:
+    """A self-describing PyTorch file: a dict whose ``"format"`` is ``fmt``, read on the CPU with ``weights_only``.
+
+    Errors name the file: ``FileNotFoundError``, or ``ValueError`` when it is unreadable or not a ``fmt`` record
+    (``hint`` then says how such files are written).
+    """
+    import torch
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable {what}: {e}") from e
+    if not isinstance(record, dict) or record.get("format") != fmt:
+        raise ValueError(f"{path} is not a {what} (no format={fmt!r} record){hint}")
+    return record
 
 
 def as_bool(value: bool | str | int) -> bool:
