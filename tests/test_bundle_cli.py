@@ -171,7 +171,7 @@ def test_synapse_transunet_npz_h5(tmp_path, assert_model_loads, bundle_cli, writ
     bundle_cli("synapse", ["run", "evaluating"], ["train.yaml", "evaluate.yaml"],
                {**common, "output_dir": str(out)}, cwd=tmp_path)  # fmt: skip
     rows, summary = read_report(out, "transunet", 8)
-    assert summary["cases"] == ["case0001.npy", "case0002.npy"]
+    assert summary["cases"] == ["case0001", "case0002"]  # case0001.npy.h5: the name without the volume suffix
 
 
 def test_synapse_multi_gpu_overlay_gloo(
