@@ -16,15 +16,8 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
-from test_bundle_units import (
-    BUNDLES,
-    TINY,
-    write_datalist,
-    write_la_h5,
-    write_msd_heart,
-    write_nifti_cases,
-    write_transunet,
-)
+
+from samora_monai.utils import bundle_dir
 
 pytestmark = pytest.mark.slow
 
@@ -38,32 +31,41 @@ def _args(overrides: dict) -> list[str]:
     return out
 
 
-def bundle_cli(bundle: str, command: list[str], configs: list[str], overrides: dict, cwd: Path, ok: bool = True,
-               launcher: list[str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
-    """``python -m monai.bundle <command> --config_file <configs> --<key> <value> ...`` from ``cwd``."""
-    files = [str(BUNDLES[bundle] / "configs" / c) for c in configs]
-    config_arg = files[0] if len(files) == 1 else repr(files)
-    cmd = [*(launcher or [sys.executable]), "-m", "monai.bundle", *command, "--config_file", config_arg]
-    result = subprocess.run(
-        [*cmd, *_args({**TINY, **overrides})], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300
-    )
-    if ok and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    return result
+@pytest.fixture(scope="session", name="bundle_cli")
+def bundle_cli_fixture(tiny):
+    """``bundle_cli(bundle, command, configs, overrides, cwd)``: ``python -m monai.bundle <command> --config_file
+    <configs> --<key> <value> ...`` from ``cwd`` with the tiny overrides under ``overrides``."""
+
+    def bundle_cli(bundle: str, command: list[str], configs: list[str], overrides: dict, cwd: Path, ok: bool = True,
+                   launcher: list[str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+        files = [str(bundle_dir(f"samora_{bundle}") / "configs" / c) for c in configs]
+        config_arg = files[0] if len(files) == 1 else repr(files)
+        cmd = [*(launcher or [sys.executable]), "-m", "monai.bundle", *command, "--config_file", config_arg]
+        result = subprocess.run(
+            [*cmd, *_args({**tiny, **overrides})], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300
+        )
+        if ok and result.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+        return result
+
+    return bundle_cli
 
 
-def network_def(bundle: str, root: Path, **overrides):
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLES[bundle] / "configs" / "inference.yaml"))
-    parser.update({**TINY, "bundle_root": str(root), **overrides})
-    return parser.get_parsed_content("network_def")
+@pytest.fixture(scope="session", name="assert_model_loads")
+def assert_model_loads_fixture(tiny):
+    """``assert_model_loads(bundle, root, **overrides)``: ``<root>/models/model.pt`` loads strictly into the bundle's
+    ``network_def``."""
 
+    def assert_model_loads(bundle: str, root: Path, **overrides) -> None:
+        parser = ConfigParser()
+        parser.read_config(str(bundle_dir(f"samora_{bundle}") / "configs" / "inference.yaml"))
+        parser.update({**tiny, "bundle_root": str(root), **overrides})
+        net = parser.get_parsed_content("network_def")
+        state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+        net.load_state_dict(state, strict=True)  # the whole network, not a partial file
+        assert set(state) == set(net.state_dict())
 
-def assert_model_loads(bundle: str, root: Path, **overrides) -> None:
-    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
-    net = network_def(bundle, root, **overrides)
-    net.load_state_dict(state, strict=True)  # the whole network, not a partial file
-    assert set(state) == set(net.state_dict())
+    return assert_model_loads
 
 
 def read_report(folder: Path, mode: str, num_classes: int) -> tuple[list[dict], dict]:
@@ -88,18 +90,18 @@ def assert_same_geometry(image: Path, pred: Path, num_classes: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def btcv(tmp_path_factory):
+def btcv(tmp_path_factory, bundle_cli, write_json_datalist, write_nifti_cases):
     """Raw BTCV NIfTI (13 ids, mapped to 8 by the default config) trained for 1 epoch through the CLI."""
     work = tmp_path_factory.mktemp("btcv")
     items = write_nifti_cases(work / "data", n=3)
-    datalist = write_datalist(work / "datalist.json", training=items[:2], validation=items[2:], testing=items[2:])
+    datalist = write_json_datalist(work / "datalist.json", training=items[:2], validation=items[2:], testing=items[2:])
     root = work / "bundle"
     result = bundle_cli("synapse", ["run", "training"], ["train.yaml"],
                         {"bundle_root": str(root), "datalist": datalist}, cwd=work)  # fmt: skip
     return work, root, items, datalist, result
 
 
-def test_synapse_btcv_trains_and_resumes(btcv):
+def test_synapse_btcv_trains_and_resumes(btcv, assert_model_loads, bundle_cli):
     work, root, items, datalist, result = btcv
     assert "RANDOM SAM weights" in result.stdout + result.stderr
     # resume state in models/checkpoints/, apart from the model files MONAI Label lists (models/*.pt)
@@ -115,7 +117,7 @@ def test_synapse_btcv_trains_and_resumes(btcv):
     assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"]
 
 
-def test_synapse_btcv_evaluate_writes_both_modes(btcv):
+def test_synapse_btcv_evaluate_writes_both_modes(btcv, bundle_cli):
     work, root, items, datalist, _ = btcv
     out = work / "eval"
     bundle_cli("synapse", ["run", "evaluating"], ["train.yaml", "evaluate.yaml"],
@@ -126,7 +128,7 @@ def test_synapse_btcv_evaluate_writes_both_modes(btcv):
     assert_same_geometry(Path(items[2]["image"]), out / "predictions" / "img0003_seg.nii.gz", 8)
 
 
-def test_synapse_inference_keeps_geometry(btcv, tmp_path):
+def test_synapse_inference_keeps_geometry(btcv, tmp_path, bundle_cli):
     work, root, items, _, _ = btcv
     out = tmp_path / "pred"
     bundle_cli("synapse", ["run"], ["inference.yaml"],
@@ -137,7 +139,7 @@ def test_synapse_inference_keeps_geometry(btcv, tmp_path):
         assert_same_geometry(Path(item["image"]), out / f"img000{i + 1}_seg.nii.gz", 8)
 
 
-def test_synapse_corrupt_input_stops_with_file_name(btcv, tmp_path):
+def test_synapse_corrupt_input_stops_with_file_name(btcv, tmp_path, bundle_cli):
     work, root, items, _, _ = btcv
     bad = tmp_path / "img0099.nii.gz"
     bad.write_bytes(b"\x1f\x8b\x08\x00truncated")
@@ -151,17 +153,17 @@ def test_synapse_corrupt_input_stops_with_file_name(btcv, tmp_path):
 
 
 @pytest.mark.parametrize("bundle", ["synapse", "la"])
-def test_verify_net_in_out(bundle, tmp_path):
-    configs = BUNDLES[bundle] / "configs"
+def test_verify_net_in_out(bundle, tmp_path, bundle_cli):
+    configs = bundle_dir(f"samora_{bundle}") / "configs"
     result = bundle_cli(bundle, ["verify_net_in_out", "network_def"], ["inference.yaml"],
                         {"meta_file": str(configs / "metadata.json"), "bundle_root": str(tmp_path)}, cwd=tmp_path)
     assert "data shape of network is verified with no error" in result.stdout + result.stderr
 
 
-def test_synapse_transunet_npz_h5(tmp_path):
+def test_synapse_transunet_npz_h5(tmp_path, assert_model_loads, bundle_cli, write_json_datalist, write_transunet_cases):
     """TransUNet files: npz training slices, h5 validation/test volumes, images already in [0, 1], labels 0..8."""
-    train, test = write_transunet(tmp_path / "data")
-    datalist = write_datalist(tmp_path / "dl.json", training=train, validation=test[:1], testing=test)
+    train, test = write_transunet_cases(tmp_path / "data")
+    datalist = write_json_datalist(tmp_path / "dl.json", training=train, validation=test[:1], testing=test)
     root, out = tmp_path / "bundle", tmp_path / "eval"
     common = {"bundle_root": str(root), "datalist": datalist, "modality": "none", "label_mapping": None}
     bundle_cli("synapse", ["run", "training"], ["train.yaml"], common, cwd=tmp_path)
@@ -169,12 +171,14 @@ def test_synapse_transunet_npz_h5(tmp_path):
     bundle_cli("synapse", ["run", "evaluating"], ["train.yaml", "evaluate.yaml"],
                {**common, "output_dir": str(out)}, cwd=tmp_path)  # fmt: skip
     rows, summary = read_report(out, "transunet", 8)
-    assert summary["cases"] == ["case0001.npy", "case0002.npy"]
+    assert summary["cases"] == ["case0001", "case0002"]  # case0001.npy.h5: the name without the volume suffix
 
 
-def test_synapse_multi_gpu_overlay_gloo(tmp_path):
+def test_synapse_multi_gpu_overlay_gloo(
+    tmp_path, assert_model_loads, bundle_cli, write_json_datalist, write_nifti_cases
+):
     items = write_nifti_cases(tmp_path / "data", n=3)
-    datalist = write_datalist(tmp_path / "dl.json", training=items[:2], validation=items[1:])
+    datalist = write_json_datalist(tmp_path / "dl.json", training=items[:2], validation=items[1:])
     root = tmp_path / "bundle"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2"]
     result = bundle_cli("synapse", ["run", "training"], ["train.yaml", "multi_gpu_train.yaml"],
@@ -187,10 +191,10 @@ def test_synapse_multi_gpu_overlay_gloo(tmp_path):
     assert_model_loads("synapse", root)
 
 
-def test_config_only_dataset_swap(tmp_path):
+def test_config_only_dataset_swap(tmp_path, assert_model_loads, bundle_cli, write_json_datalist, write_nifti_cases):
     """Three classes with new names, MR percentile intensity, labels already 0..3: CLI values only."""
     items = write_nifti_cases(tmp_path / "data", ids=(1, 2, 3), n=2, dtype=np.float32)
-    datalist = write_datalist(tmp_path / "dl.json", training=items[:1], validation=items[1:])
+    datalist = write_json_datalist(tmp_path / "dl.json", training=items[:1], validation=items[1:])
     root = tmp_path / "bundle"
     swap = {"class_names": ["liver", "tumour", "vessel"], "label_mapping": None, "modality": "mr"}
     bundle_cli("synapse", ["run", "training"], ["train.yaml"],
@@ -207,9 +211,9 @@ def test_config_only_dataset_swap(tmp_path):
 # ---------------------------------------------------------------------------------------------------- samora_la
 
 
-def test_la_h5_trains_and_evaluates(tmp_path):
-    items = write_la_h5(tmp_path / "LA", n=3)
-    datalist = write_datalist(tmp_path / "dl.json", training=items[:2], validation=items[2:], testing=items[1:])
+def test_la_h5_trains_and_evaluates(tmp_path, assert_model_loads, bundle_cli, write_json_datalist, write_la_cases):
+    items = write_la_cases(tmp_path / "LA", n=3)
+    datalist = write_json_datalist(tmp_path / "dl.json", training=items[:2], validation=items[2:], testing=items[1:])
     root, out = tmp_path / "bundle", tmp_path / "eval"
     bundle_cli("la", ["run", "training"], ["train.yaml"], {"bundle_root": str(root), "datalist": datalist},
                cwd=tmp_path)  # fmt: skip
@@ -220,7 +224,7 @@ def test_la_h5_trains_and_evaluates(tmp_path):
     assert summary["cases"] == ["mri_norm2", "CASE02LA/mri_norm2"] and summary["class_names"] == ["left_atrium"]
 
 
-def test_la_msd_heart_named_setting_trains_and_infers(tmp_path):
+def test_la_msd_heart_named_setting_trains_and_infers(tmp_path, assert_model_loads, bundle_cli, write_msd_heart):
     items = write_msd_heart(tmp_path / "Task02_Heart", n=3)
     root, out = tmp_path / "bundle", tmp_path / "pred"
     setting = {"dataset_dir": str(tmp_path / "Task02_Heart"), "setting": "msd_heart",

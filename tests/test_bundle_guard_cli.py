@@ -27,7 +27,7 @@ TINY = {"variant": "tiny", "img_size": 32, "random_init": True, "epochs": 1, "ba
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 AFFINE = np.array([[-0.8, 0, 0, 20.0], [0, 0.9, 0, -15.0], [0, 0, 2.5, 30.0], [0, 0, 0, 1]])
 PROBE = """
-imports: ['$import samora_monai', '$import samora_monai.bundle_run']
+imports: ['$import samora_monai', '$import samora_monai.apps.bundle_run']
 label_mapping: {1: 1, 6: 5}
 resume_checkpoint: /models/checkpoints/latest.pt
 initialize: []
@@ -68,7 +68,7 @@ def test_what_reaches_the_config(probe, value, reached):
 
 def test_guard_refuses_dropped_none_and_wrapper_passes_it(probe):
     overlay = probe.parent / "guarded.yaml"
-    overlay.write_text("initialize: ['$samora_monai.bundle_run.guard_run()']\n")
+    overlay.write_text("initialize: ['$samora_monai.apps.bundle_run.guard_run()']\n")
     configs = repr([str(probe), str(overlay)])
     refused = _run("monai.bundle", ["run", "--config_file", configs, "--label_mapping", "None"], probe.parent)
     assert refused.returncode != 0 and "REACHED" not in refused.stdout

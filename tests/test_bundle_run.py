@@ -1,4 +1,4 @@
-"""samora_monai.bundle_run in-process: the dropped ``--key None`` overrides are found in both spellings, and the
+"""samora_monai.apps.bundle_run in-process: the dropped ``--key None`` overrides are found in both spellings, and the
 failure reason is the innermost exception raised by the package (not MONAI's "Failed to instantiate" wrapper)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from monai.transforms import Compose
 
-from samora_monai.bundle_run import check_command_line, dropped_none_overrides, failure_reason
+from samora_monai.apps.bundle_run import check_command_line, dropped_none_overrides, failure_reason
 from samora_monai.data import MapLabelsd
 from samora_monai.utils import optional_value
 

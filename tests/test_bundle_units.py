@@ -1,122 +1,24 @@
 """Bundle helpers and in-process bundle workflows (tiny SAM, generated volumes): LR schedule, datalists, resume
-files, ConfigWorkflow properties, and bad-input errors with no partial predictions.
-
-The data writers here are shared with tests/test_bundle_cli.py.
-"""
+files, ConfigWorkflow properties, and bad-input errors with no partial predictions (data writers: conftest.py)."""
 
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 
-import h5py
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from samora_monai.bundle_utils import as_bool, datalist_section, find_images, load_datalist
-from samora_monai.engines import expert_files, latest_checkpoint, warmup_poly_lr
+from samora_monai.data.bundle_data import datalist_section, find_images, load_datalist
+from samora_monai.engines import expert_files, latest_checkpoint
 from samora_monai.networks import SamoraNet
+from samora_monai.optimizers import warmup_poly_lr
+from samora_monai.utils import as_bool, bundle_dir
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLES = {"synapse": REPO / "bundles" / "samora_synapse", "la": REPO / "bundles" / "samora_la"}
-SHAPE = (48, 48, 6)
-# overrides every test uses: tiny SAM at 64 px with random weights, 1 epoch, no worker processes
-TINY = {
-    "variant": "tiny",
-    "img_size": 64,
-    "random_init": True,
-    "epochs": 1,
-    "batch_size": 4,
-    "num_workers": 0,
-    "slice_batch_size": 8,
-}
 AFFINE = np.array([[-0.8, 0, 0, 20.0], [0, 0.8, 0, -15.0], [0, 0, 2.5, 30.0], [0, 0, 0, 1]])
-
-
-def phantom(seed: int, ids: tuple[int, ...], shape: tuple[int, ...] = SHAPE) -> tuple[np.ndarray, np.ndarray]:
-    """(image HU-like float, label) with boxes labelled by ``ids``."""
-    rng = np.random.default_rng(seed)
-    label = np.zeros(shape, np.uint8)
-    x, y = shape[0], shape[1]
-    boxes = [(slice(4, x // 3), slice(4, y // 3)), (slice(x // 2, x - 6), slice(6, y // 2)),
-             (slice(x // 2, x - 4), slice(y // 2 + 4, y - 4)), (slice(2, 6), slice(y - 8, y - 2))]  # fmt: skip
-    for i, (bx, by) in zip(ids, boxes, strict=False):
-        label[bx, by, :] = i
-    image = rng.normal(0, 20, shape) + 80 * (label > 0) + 10 * label - 40
-    return image.astype(np.float32), label
-
-
-def write_nifti_cases(folder: Path, ids=(1, 6, 11, 13), n: int = 3, prefix=("img", "label"), dtype=np.int16):
-    """BTCV-style ``imagesTr/img000N.nii.gz`` + ``labelsTr/label000N.nii.gz``; returns [{image, label}]."""
-    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
-    items = []
-    for c in range(1, n + 1):
-        image, label = phantom(c, ids)
-        img = folder / "imagesTr" / f"{prefix[0]}{c:04d}.nii.gz"
-        lab = folder / "labelsTr" / f"{prefix[1]}{c:04d}.nii.gz"
-        nib.save(nib.Nifti1Image(image.astype(dtype), AFFINE), img)
-        nib.save(nib.Nifti1Image(label, AFFINE), lab)
-        items.append({"image": str(img), "label": str(lab)})
-    return items
-
-
-def write_msd_heart(folder: Path, n: int = 3) -> list[dict]:
-    """MSD Task02_Heart layout: ``imagesTr/la_00N.nii.gz`` and ``labelsTr/la_00N.nii.gz`` (MR, labels 0/1)."""
-    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
-    items = []
-    for c in range(1, n + 1):
-        image, label = phantom(10 + c, (1,))
-        img, lab = folder / "imagesTr" / f"la_{c:03d}.nii.gz", folder / "labelsTr" / f"la_{c:03d}.nii.gz"
-        nib.save(nib.Nifti1Image(image * 5 + 300, AFFINE), img)
-        nib.save(nib.Nifti1Image(label, AFFINE), lab)
-        items.append({"image": str(img), "label": str(lab)})
-    return items
-
-
-def write_la_h5(folder: Path, n: int = 3) -> list[dict]:
-    """UA-MT LA layout ``<ID>/mri_norm2.h5`` with datasets image/label stored (W, H, D)."""
-    items = []
-    for c in range(n):
-        image, label = phantom(20 + c, (1,))
-        path = folder / f"CASE{c:02d}LA" / "mri_norm2.h5"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(path, "w") as f:
-            f["image"], f["label"] = (image - image.mean()) / image.std(), label
-        items.append({"image": str(path), "label": str(path)})
-    return items
-
-
-def write_transunet(folder: Path) -> tuple[list[dict], list[dict]]:
-    """TransUNet Synapse: ``train_npz/caseXXXX_sliceYYY.npz`` (H, W) slices and ``test_vol_h5/caseXXXX.npy.h5``
-    (D, H, W) volumes, images already in [0, 1] and labels in 0..8. Returns (training, testing) items."""
-    (folder / "train_npz").mkdir(parents=True, exist_ok=True)
-    (folder / "test_vol_h5").mkdir(parents=True, exist_ok=True)
-    train, test = [], []
-    for c in (5, 6):
-        image, label = phantom(c, (1, 5, 8, 3))
-        image = np.clip((image + 125) / 400, 0, 1)
-        for z in range(0, SHAPE[2], 2):
-            path = folder / "train_npz" / f"case{c:04d}_slice{z:03d}.npz"
-            np.savez(path, image=image[..., z].T, label=label[..., z].T)
-            train.append({"image": str(path), "label": str(path)})
-    for c in (1, 2):
-        image, label = phantom(c, (1, 5, 8, 3))
-        path = folder / "test_vol_h5" / f"case{c:04d}.npy.h5"
-        with h5py.File(path, "w") as f:
-            f["image"], f["label"] = np.clip((image + 125) / 400, 0, 1).transpose(2, 1, 0), label.transpose(2, 1, 0)
-        test.append({"image": str(path), "label": str(path)})
-    return train, test
-
-
-def write_datalist(path: Path, **sections: list) -> str:
-    path.write_text(json.dumps(sections, indent=1))
-    return str(path)
 
 
 def chain_text(exc: BaseException) -> str:
@@ -153,10 +55,10 @@ def test_as_bool_parses_cli_strings():
         as_bool("maybe")
 
 
-def test_datalists_sections_and_fallbacks(tmp_path):
+def test_datalists_sections_and_fallbacks(tmp_path, write_json_datalist, write_nifti_cases):
     items = write_nifti_cases(tmp_path / "d", n=2)
     slices = [{**items[0], "slices": [1, 2]}]
-    path = write_datalist(tmp_path / "dl.json", training=slices, testing=items[1:])
+    path = write_json_datalist(tmp_path / "dl.json", training=slices, testing=items[1:])
     data = load_datalist(path)
     assert data["validation"] == [] and data["training"][0]["slices"] == [1, 2]
     val = datalist_section(data, ["validation", "training"], keys=["image", "label"])
@@ -172,7 +74,7 @@ def test_datalists_sections_and_fallbacks(tmp_path):
     assert [Path(d["image"]).name for d in msd["training"]] == ["img0001.nii.gz", "img0002.nii.gz"]
 
 
-def test_find_images(tmp_path):
+def test_find_images(tmp_path, write_nifti_cases):
     items = write_nifti_cases(tmp_path, n=2)
     assert find_images(tmp_path / "imagesTr") == [d["image"] for d in items]
     assert find_images(items[0]["image"]) == [items[0]["image"]]
@@ -196,37 +98,44 @@ def test_latest_checkpoint_and_expert_files(tmp_path):
 # ------------------------------------------------------------------------------------------ in-process workflows
 
 
-def _workflow(bundle: str, files: list[str], workflow_type: str, **override) -> ConfigWorkflow:
-    configs = BUNDLES[bundle] / "configs"
-    return ConfigWorkflow(
-        workflow_type=workflow_type,
-        config_file=[str(configs / f) for f in files],
-        meta_file=str(configs / "metadata.json"),
-        logging_file=str(configs / "logging.conf"),
-        **{**TINY, **override},
-    )
+@pytest.fixture(scope="session", name="workflow")
+def workflow_fixture(tiny):
+    """``workflow(bundle, files, workflow_type, **override)``: the bundle's ``ConfigWorkflow`` with the tiny
+    overrides under ``override``."""
+
+    def workflow(bundle: str, files: list[str], workflow_type: str, **override) -> ConfigWorkflow:
+        configs = bundle_dir(f"samora_{bundle}") / "configs"
+        return ConfigWorkflow(
+            workflow_type=workflow_type,
+            config_file=[str(configs / f) for f in files],
+            meta_file=str(configs / "metadata.json"),
+            logging_file=str(configs / "logging.conf"),
+            **{**tiny, **override},
+        )
+
+    return workflow
 
 
 @pytest.fixture(scope="module")
-def synapse_root(tmp_path_factory):
+def synapse_root(tmp_path_factory, write_json_datalist, write_nifti_cases):
     """Bundle root with a random tiny model.pt and a BTCV-style dataset."""
     root = tmp_path_factory.mktemp("bundle")
     items = write_nifti_cases(root / "data", n=3)
     (root / "models").mkdir()
     net = SamoraNet(num_classes=8, variant="tiny", img_size=64, random_init=True)
     torch.save(net.state_dict(), root / "models" / "model.pt")
-    datalist = write_datalist(root / "datalist.json", training=items[:2], validation=items[2:], testing=items[2:])
+    datalist = write_json_datalist(root / "datalist.json", training=items[:2], validation=items[2:], testing=items[2:])
     return root, items, datalist
 
 
 @pytest.mark.parametrize("bundle", ["synapse", "la"])
-def test_check_properties_train_and_infer(bundle, synapse_root):
+def test_check_properties_train_and_infer(bundle, synapse_root, workflow, write_json_datalist, write_msd_heart):
     root, items, datalist = synapse_root
     common = {"bundle_root": str(root), "datalist": datalist}
     if bundle == "la":
         la_items = write_msd_heart(root / "msd", n=2)
-        common["datalist"] = write_datalist(root / "la.json", training=la_items[:1], validation=la_items[1:])
-    train = _workflow(bundle, ["train.yaml"], "train", **common)
+        common["datalist"] = write_json_datalist(root / "la.json", training=la_items[:1], validation=la_items[1:])
+    train = workflow(bundle, ["train.yaml"], "train", **common)
     train.initialize()
     assert train.check_properties() == []
     run = train.parser["run"]
@@ -235,13 +144,13 @@ def test_check_properties_train_and_infer(bundle, synapse_root):
     iters_per_epoch = len(train.parser.get_parsed_content("train#dataloader"))
     assert train.parser.get_parsed_content("lr_scheduler#max_iters") == iters_per_epoch
     # MONAI Label sets train#trainer#max_epochs, not epochs: the LR schedule must follow it
-    longer = _workflow(bundle, ["train.yaml"], "train", **common, **{"train#trainer#max_epochs": 3})
+    longer = workflow(bundle, ["train.yaml"], "train", **common, **{"train#trainer#max_epochs": 3})
     longer.initialize()
     assert longer.parser.get_parsed_content("lr_scheduler#max_iters") == 3 * iters_per_epoch
-    infer = _workflow(bundle, ["inference.yaml"], "infer", bundle_root=str(root), input_images=items[0]["image"])
+    infer = workflow(bundle, ["inference.yaml"], "infer", bundle_root=str(root), input_images=items[0]["image"])
     infer.initialize()
     assert infer.check_properties() == []
-    evaluate = _workflow(bundle, ["train.yaml", "evaluate.yaml"], "train", **common)
+    evaluate = workflow(bundle, ["train.yaml", "evaluate.yaml"], "train", **common)
     evaluate.initialize()
     assert evaluate.parser["evaluating"] == evaluate.parser["run"]
     assert evaluate.parser["run"][0].endswith("evaluator.run()")
@@ -254,7 +163,7 @@ def test_monailabel_drops_the_prediction_saver(bundle, tmp_path):
     bundle_task = pytest.importorskip("monailabel.tasks.infer.bundle", reason="MONAI Label extra not installed")
     task = bundle_task.BundleInferTask
     post_filter = inspect.signature(task.__init__).parameters["post_filter"].default
-    configs = BUNDLES[bundle] / "configs"
+    configs = bundle_dir(f"samora_{bundle}") / "configs"
     for files, post_id in (
         (["inference.yaml"], "postprocessing"),
         (["train.yaml", "evaluate.yaml"], "validate#postprocessing"),
@@ -285,7 +194,7 @@ def _assert_no_outputs(folder: Path, bad_stem: str) -> None:
     assert not [f for f in files if f.startswith(".tmp") or bad_stem in f], files
 
 
-def test_inference_bad_inputs_name_the_file_and_leave_no_prediction(synapse_root, tmp_path):
+def test_inference_bad_inputs_name_the_file_and_leave_no_prediction(synapse_root, tmp_path, workflow):
     root, items, _ = synapse_root
     out = tmp_path / "pred"
     missing = tmp_path / "img_missing.nii.gz"
@@ -295,13 +204,15 @@ def test_inference_bad_inputs_name_the_file_and_leave_no_prediction(synapse_root
     nib.save(nib.Nifti1Image(np.zeros((48, 48), np.int16), np.eye(4)), flat)
     cases = [(missing, "file not found"), (corrupt, "cannot read image file"), (flat, "expected a 3D volume")]
     for path, problem in cases:
-        wf = _workflow("synapse", ["inference.yaml"], "infer", bundle_root=str(root), output_dir=str(out),
+        wf = workflow("synapse", ["inference.yaml"], "infer", bundle_root=str(root), output_dir=str(out),
                        input_images=[str(path)])  # fmt: skip
         _run_expect_error(wf, str(path), problem)
         _assert_no_outputs(out, path.name.split(".")[0])
 
 
-def test_evaluation_bad_labels_name_the_file_and_leave_no_prediction(synapse_root, tmp_path):
+def test_evaluation_bad_labels_name_the_file_and_leave_no_prediction(
+    synapse_root, tmp_path, phantom, workflow, write_json_datalist
+):
     root, items, _ = synapse_root
     image, label = phantom(7, (1, 6, 11))
     data = tmp_path / "data"
@@ -315,23 +226,23 @@ def test_evaluation_bad_labels_name_the_file_and_leave_no_prediction(synapse_roo
         (raw, {"label_mapping": None}, "expected 0..8"),  # raw BTCV id 11 without the 13 -> 8 mapping
     ]
     for lab, extra, problem in cases:
-        datalist = write_datalist(tmp_path / "dl.json", testing=[{"image": str(img), "label": str(lab)}])
+        datalist = write_json_datalist(tmp_path / "dl.json", testing=[{"image": str(img), "label": str(lab)}])
         out = tmp_path / f"eval_{lab.name.split('.')[0]}"
-        wf = _workflow("synapse", ["train.yaml", "evaluate.yaml"], "train", bundle_root=str(root),
+        wf = workflow("synapse", ["train.yaml", "evaluate.yaml"], "train", bundle_root=str(root),
                        datalist=datalist, output_dir=str(out), **extra)  # fmt: skip
         _run_expect_error(wf, str(lab), problem)
         _assert_no_outputs(out, "img0007")
 
 
-def test_network_def_takes_expert_files_and_sam_checkpoint_from_models(tmp_path):
+def test_network_def_takes_expert_files_and_sam_checkpoint_from_models(tmp_path, tiny):
     from monai.bundle import ConfigParser
 
     from samora_monai.networks import save_expert
 
     def build(**override):
         parser = ConfigParser()
-        parser.read_config(str(BUNDLES["synapse"] / "configs" / "inference.yaml"))
-        parser.update({**TINY, "bundle_root": str(tmp_path), **override})
+        parser.read_config(str(bundle_dir("samora_synapse") / "configs" / "inference.yaml"))
+        parser.update({**tiny, "bundle_root": str(tmp_path), **override})
         return parser.get_parsed_content("network_def")
 
     source = SamoraNet(num_classes=8, variant="tiny", img_size=64, random_init=True)

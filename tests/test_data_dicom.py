@@ -16,7 +16,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from samora_monai.bundle_run import failure_reason
+from samora_monai.apps.bundle_run import failure_reason
 from samora_monai.data import LoadVolumed, is_dicom_input
 
 pydicom = pytest.importorskip("pydicom")

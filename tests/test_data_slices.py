@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from monai.data import DataLoader
-from test_data_readers import labels, volume, write_la_h5, write_nifti, write_npz
 
 from samora_monai.data import (
     BTCV_TO_SYNAPSE,
@@ -18,13 +17,19 @@ from samora_monai.data import (
 )
 
 
-def _btcv_case(tmp_path, name="0005"):
-    img = volume()
-    img[..., 6:] = -1000.0  # air-only slices 6, 7
-    return {
-        "image": str(write_nifti(tmp_path / f"img{name}.nii.gz", img)),
-        "label": str(write_nifti(tmp_path / f"label{name}.nii.gz", labels(ids=(1, 6, 11), slices=(2, 3, 4)))),
-    }
+@pytest.fixture
+def btcv_case(tmp_path, labels, volume, write_nifti):
+    """``btcv_case(name)``: a BTCV NIfTI pair in ``tmp_path`` whose slices 6 and 7 are air only."""
+
+    def make(name: str = "0005") -> dict:
+        img = volume()
+        img[..., 6:] = -1000.0  # air-only slices 6, 7
+        return {
+            "image": str(write_nifti(tmp_path / f"img{name}.nii.gz", img)),
+            "label": str(write_nifti(tmp_path / f"label{name}.nii.gz", labels(ids=(1, 6, 11), slices=(2, 3, 4)))),
+        }
+
+    return make
 
 
 def test_select_slices_foreground_and_body():
@@ -51,8 +56,8 @@ def test_resize_slices_shape_and_modes():
     assert torch.all(out[0, 0, :4] == 7) and torch.all(out[0, 0, 4:] == 0)
 
 
-def test_dataset_from_btcv_nifti(tmp_path):
-    data = [_btcv_case(tmp_path, "0005"), _btcv_case(tmp_path, "0006")]
+def test_dataset_from_btcv_nifti(btcv_case):
+    data = [btcv_case("0005"), btcv_case("0006")]
     transform = volume_transforms("ct", label_mapping=BTCV_TO_SYNAPSE, num_classes=8)
     ds = VolumeSliceDataset(data, transform, spatial_size=16, progress=False)
     assert len(ds) == 16  # 2 volumes x 8 slices
@@ -72,7 +77,7 @@ def test_dataset_from_btcv_nifti(tmp_path):
     assert len(body) == 12  # the two air slices of each volume dropped
 
 
-def test_explicit_slices_and_one_slice_npz(tmp_path):
+def test_explicit_slices_and_one_slice_npz(tmp_path, labels, volume, write_la_h5, write_npz):
     img, lab = volume(), labels()
     la = str(write_la_h5(tmp_path / "ID1" / "mri_norm2.h5", img, lab))
     npz = str(write_npz(tmp_path / "case0005_slice003.npz", img[..., 3] / 1000, lab[..., 3]))
@@ -85,9 +90,9 @@ def test_explicit_slices_and_one_slice_npz(tmp_path):
     assert ds[0]["image"].shape == (1, 32, 32)
 
 
-def test_augmented_batches_from_dataloader(tmp_path):
+def test_augmented_batches_from_dataloader(btcv_case):
     ds = VolumeSliceDataset(
-        [_btcv_case(tmp_path)],
+        [btcv_case()],
         volume_transforms("ct", label_mapping=BTCV_TO_SYNAPSE, num_classes=8),
         spatial_size=16,
         foreground_only=True,
@@ -101,7 +106,7 @@ def test_augmented_batches_from_dataloader(tmp_path):
     assert not torch.equal(batch["image"][0], ds.images[0])  # augmented, the cache untouched
 
 
-def test_slice_index_out_of_range_names_file(tmp_path):
-    case = _btcv_case(tmp_path)
+def test_slice_index_out_of_range_names_file(btcv_case):
+    case = btcv_case()
     with pytest.raises(ValueError, match=r"img0005.nii.gz: slice index out of range 0..7"):
         VolumeSliceDataset([{**case, "slices": [3, 8]}], volume_transforms("ct"), spatial_size=16, progress=False)

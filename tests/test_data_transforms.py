@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-from test_data_readers import labels, volume, write_nifti
 
 from samora_monai.data import BTCV_TO_SYNAPSE, MapLabelsd, intensity_transform, slice_augmentations, volume_transforms
 
@@ -46,7 +45,7 @@ def test_btcv_labels_map_to_synapse_classes():
     assert out.tolist() == [[2.0, 0.0, 0.0]]
 
 
-def test_volume_transforms_loads_maps_and_normalises(tmp_path):
+def test_volume_transforms_loads_maps_and_normalises(tmp_path, labels, volume, write_nifti):
     img, lab = volume(), labels(ids=(1, 6, 11, 13))
     d = volume_transforms("ct", label_mapping=BTCV_TO_SYNAPSE, num_classes=8)(
         {
@@ -72,7 +71,7 @@ def raises_in_pipeline(exc_type: type[Exception], match: str):
 
 
 @pytest.fixture
-def case(tmp_path):
+def case(tmp_path, labels, volume, write_nifti):
     img = write_nifti(tmp_path / "img0007.nii.gz", volume())
     lab = write_nifti(tmp_path / "label0007.nii.gz", labels())
     return {"image": str(img), "label": str(lab)}
@@ -94,7 +93,7 @@ def test_truncated_gzip_nifti_names_it(case, tmp_path):
         volume_transforms()({**case, "image": str(bad)})
 
 
-def test_shape_mismatch_names_label_file(case, tmp_path):
+def test_shape_mismatch_names_label_file(case, tmp_path, labels, write_nifti):
     small = write_nifti(tmp_path / "label0009.nii.gz", labels((32, 24, 6), slices=(1,)))
     with raises_in_pipeline(ValueError, r"label0009.nii.gz: label shape \(32, 24, 6\) does not match"):
         volume_transforms()({**case, "label": str(small)})
@@ -107,7 +106,7 @@ def test_label_above_class_count_names_file(case):
     assert volume_transforms(num_classes=8, label_mapping=BTCV_TO_SYNAPSE)(case)["label"].max() == 8
 
 
-def test_2d_image_where_3d_expected_names_file(case, tmp_path):
+def test_2d_image_where_3d_expected_names_file(case, tmp_path, volume, write_nifti):
     flat = write_nifti(tmp_path / "img2d.nii.gz", volume()[..., 0])
     with raises_in_pipeline(ValueError, r"img2d.nii.gz: image has 2 spatial dimensions .* expected a 3D volume"):
         volume_transforms(label_key=None)({"image": str(flat)})

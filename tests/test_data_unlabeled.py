@@ -7,16 +7,21 @@ import json
 import fire
 import numpy as np
 import pytest
-from test_data_readers import labels, volume, write_la_h5, write_nifti
 
 from samora_monai.cli import COMMANDS, _resolve
 from samora_monai.data import UnlabeledSliceDataset, case_ids, check_leakage, load_split, prepare_unlabeled
 
 
-def _ct(root, name):
-    img = volume()
-    img[..., :3] = -1000.0  # slices 0-2: air only
-    return write_nifti(root / name, img)
+@pytest.fixture
+def write_ct(volume, write_nifti):
+    """``write_ct(path)``: a CT NIfTI whose slices 0-2 are air only."""
+
+    def write(path):
+        img = volume()
+        img[..., :3] = -1000.0
+        return write_nifti(path, img)
+
+    return write
 
 
 def test_case_ids_match_across_formats(tmp_path):
@@ -38,17 +43,17 @@ def test_leakage_guard_names_test_cases():
     check_leakage(["/x/img0001.nii.gz"], [])  # guard disabled
 
 
-def test_prepare_refuses_test_case_and_writes_nothing(tmp_path):
-    _ct(tmp_path / "in", "img0061.nii.gz")
-    _ct(tmp_path / "in", "img0002.nii.gz")
+def test_prepare_refuses_test_case_and_writes_nothing(tmp_path, write_ct):
+    write_ct(tmp_path / "in" / "img0061.nii.gz")
+    write_ct(tmp_path / "in" / "img0002.nii.gz")
     with pytest.raises(ValueError, match=r"img0002.nii.gz \(case0002 of split synapse_test\)"):
         prepare_unlabeled(str(tmp_path / "out"), glob=str(tmp_path / "in/*.nii.gz"), progress=False)
     assert not (tmp_path / "out").exists()
 
 
-def test_prepare_nifti_slices_and_read_back(tmp_path):
+def test_prepare_nifti_slices_and_read_back(tmp_path, write_ct):
     for name in ("img0061.nii.gz", "img0062.nii.gz"):
-        _ct(tmp_path / "in", name)
+        write_ct(tmp_path / "in" / name)
     path = prepare_unlabeled(
         str(tmp_path / "out"),
         glob=str(tmp_path / "in/*.nii.gz"),
@@ -74,7 +79,7 @@ def test_prepare_nifti_slices_and_read_back(tmp_path):
     assert [d["num_slices"] for d in json.loads(open(every).read())["training"]] == [8, 8]
 
 
-def test_prepare_la_h5_from_datalist_mr(tmp_path):
+def test_prepare_la_h5_from_datalist_mr(tmp_path, labels, volume, write_la_h5):
     ids = load_split("la_train")[:2]
     items = [{"image": str(write_la_h5(tmp_path / c / "mri_norm2.h5", volume(), labels()))} for c in ids]
     (tmp_path / "dl.json").write_text(json.dumps({"unlabeled": items}))
@@ -87,8 +92,8 @@ def test_prepare_la_h5_from_datalist_mr(tmp_path):
     assert len(UnlabeledSliceDataset(path)) == 16
 
 
-def test_failed_volume_leaves_no_partial_output(tmp_path):
-    _ct(tmp_path / "in", "img0061.nii.gz")
+def test_failed_volume_leaves_no_partial_output(tmp_path, write_ct):
+    write_ct(tmp_path / "in" / "img0061.nii.gz")
     (tmp_path / "in/img0062.nii.gz").write_bytes(b"\x1f\x8b broken")
     with pytest.raises(Exception) as info:
         prepare_unlabeled(str(tmp_path / "out"), glob=str(tmp_path / "in/*.nii.gz"), progress=False)
@@ -96,9 +101,9 @@ def test_failed_volume_leaves_no_partial_output(tmp_path):
     assert list((tmp_path / "out/slices").iterdir()) == [] and not (tmp_path / "out/unlabeled_datalist.json").exists()
 
 
-def test_cli_command_parses_arguments(tmp_path):
-    _ct(tmp_path / "in", "img0061.nii.gz")
-    _ct(tmp_path / "in", "img0003.nii.gz")
+def test_cli_command_parses_arguments(tmp_path, write_ct):
+    write_ct(tmp_path / "in" / "img0061.nii.gz")
+    write_ct(tmp_path / "in" / "img0003.nii.gz")
     command = {"prepare_unlabeled": _resolve(COMMANDS["prepare_unlabeled"])}
     args = ["prepare_unlabeled", "--output_dir", str(tmp_path / "out"), "--glob", str(tmp_path / "in/*.nii.gz")]
     with pytest.raises(ValueError, match="img0003.nii.gz"):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from monai.transforms import LoadImaged
 
-from samora_monai.bundle_run import failure_reason
+from samora_monai.apps.bundle_run import failure_reason
 from samora_monai.data import MapLabelsd, VolumeSliceDataset, prepare_unlabeled, volume_transforms
 
 AFFINE = np.array([[-0.8, 0, 0, 20.0], [0, 0.9, 0, -15.0], [0, 0, 2.5, 30.0], [0, 0, 0, 1]])

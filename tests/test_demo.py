@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from samora_monai.demo import DemoStepError, _Runner, demo_settings, run_demo
-from samora_monai.figures import pick_slices, read_loss_log
+from samora_monai.apps.demo import DemoStepError, demo_settings, run_demo
+from samora_monai.apps.demo_steps import DemoRunner
+from samora_monai.apps.figures import pick_slices, read_loss_log
 
 ORGANS = ["spleen", "right_kidney", "left_kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas"]
 
@@ -95,7 +96,7 @@ def test_pick_slices_prefers_organ_rich_slices_spread_over_cases():
 
 
 def test_failed_step_names_the_step_and_its_log(tmp_path, capsys):
-    runner = _Runner(tmp_path, total=2)
+    runner = DemoRunner(tmp_path, total=2)
     with pytest.raises(DemoStepError) as err:
         runner.command("broken", "stage 1: a failing step",
                        [sys.executable, "-c", "print('working...'); raise SystemExit(3)"])
@@ -105,7 +106,7 @@ def test_failed_step_names_the_step_and_its_log(tmp_path, capsys):
 
 
 def test_missing_output_is_a_step_failure(tmp_path):
-    runner = _Runner(tmp_path, total=1)
+    runner = DemoRunner(tmp_path, total=1)
     with pytest.raises(DemoStepError, match="did not write"):
         runner.command("silent", "a step", [sys.executable, "-c", "pass"], expect=[tmp_path / "model.pt"])
 

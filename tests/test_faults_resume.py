@@ -30,7 +30,7 @@ from run_probes import HOLD_MARKER, optimizer_steps
 from test_bundle_units import BUNDLES, write_datalist, write_nifti_cases
 
 from samora_monai.data import prepare_unlabeled
-from samora_monai.engines import AtomicCheckpointSaver, ResumeCheckpointSaver, atomic_checkpoint
+from samora_monai.handlers import AtomicCheckpointSaver, ResumeCheckpointSaver, atomic_checkpoint
 from samora_monai.networks import SamoraNet, read_expert_file
 
 TESTS = Path(__file__).resolve().parent

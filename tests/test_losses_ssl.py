@@ -3,7 +3,6 @@ head, and the patch objective pairs student and teacher tokens of the same image
 
 import pytest
 import torch
-from test_teachers_models import TINY_MAE, smooth_images
 from torch import nn
 
 from samora_monai.losses import (
@@ -27,19 +26,21 @@ def tiny_net(img_size: int = 64) -> SamoraNet:
     return SamoraNet(num_classes=2, variant="tiny", img_size=img_size, random_init=True)
 
 
-def build_objective(level: str, net: SamoraNet) -> nn.Module:
+def build_objective(level: str, net: SamoraNet, tiny_mae) -> nn.Module:
     if level == "image":
         teacher = build_teacher("image", allow_untrained=True, arch="resnet18", proj_hidden_dim=32, proj_dim=16)
         return ImageLevelLoss(teacher, ImageProjector(net.embed_dim, teacher.embed_dim, hidden_dim=64))
     if level == "patch":
-        teacher = build_teacher("patch", allow_untrained=True, **TINY_MAE)
+        teacher = build_teacher("patch", allow_untrained=True, **tiny_mae)
         return PatchLevelLoss(teacher, TokenProjector(net.encoder_width, teacher.embed_dim, hidden_dim=64))
     return PixelLevelLoss(DenoisingDecoder(net.embed_dim, channels=(16, 8, 8, 8)), noise_std=0.08, blur_prob=0.5)
 
 
-def run_level(level: str, steps: int, lr: float, inputs: tuple[torch.Tensor, ...]) -> tuple[list, set, nn.Module]:
+def run_level(
+    level: str, steps: int, lr: float, inputs: tuple[torch.Tensor, ...], tiny_mae: dict
+) -> tuple[list, set, nn.Module]:
     net = tiny_net()
-    objective = build_objective(level, net)
+    objective = build_objective(level, net, tiny_mae=tiny_mae)
     configure_stage(net, "stage1", level, heads=[objective.head])
     before = {k: v.detach().clone() for k, v in [*net.named_parameters(), *objective.named_parameters()]}
     params = [p for p in [*net.parameters(), *objective.parameters()] if p.requires_grad]
@@ -59,12 +60,12 @@ def run_level(level: str, steps: int, lr: float, inputs: tuple[torch.Tensor, ...
 
 
 @pytest.mark.parametrize("level,steps,lr", [("image", 15, 3e-3), ("patch", 20, 3e-3), ("pixel", 20, 1e-2)])
-def test_student_loss_overfits_and_only_expert_and_head_change(level, steps, lr):
+def test_student_loss_overfits_and_only_expert_and_head_change(level, steps, lr, smooth_images, tiny_mae):
     torch.manual_seed(0)
     images = smooth_images(4)
     # image level: 32 px views keep the ResNet teacher cheap; the student resizes them to its 64 px input
     inputs = (smooth_images(4, 32), smooth_images(4, 32).flip(-1)) if level == "image" else (images,)
-    losses, changed, objective = run_level(level, steps, lr, inputs)
+    losses, changed, objective = run_level(level, steps, lr, inputs, tiny_mae=tiny_mae)
     print(level, "losses", [round(v, 6) for v in losses])
     assert losses[-1] < 0.5 * losses[0], losses
     expert_key = f".lora.experts.{level}."
@@ -125,15 +126,15 @@ def test_gather_and_mask_patches_follow_ids_keep():
     assert torch.nonzero(kept).flatten().tolist() == [1, 6]
 
 
-def test_patch_objective_rejects_grid_mismatch():
+def test_patch_objective_rejects_grid_mismatch(tiny_mae):
     net = tiny_net(img_size=32)  # 64 px input is resized to 32 -> 2x2 tokens, teacher has 4x4 patches
-    teacher = build_teacher("patch", allow_untrained=True, **TINY_MAE)
+    teacher = build_teacher("patch", allow_untrained=True, **tiny_mae)
     objective = PatchLevelLoss(teacher, TokenProjector(net.encoder_width, teacher.embed_dim, hidden_dim=8))
     with pytest.raises(ValueError, match=r"teacher patch grid \(4, 4\) differs from the student token grid \(2, 2\)"):
         objective(net.encode, torch.rand(1, 1, 64, 64))
 
 
-def test_image_objective_modes_and_contrastive_term():
+def test_image_objective_modes_and_contrastive_term(smooth_images):
     net = tiny_net()
     teacher = build_teacher("image", allow_untrained=True, arch="resnet18", proj_hidden_dim=32, proj_dim=16)
     images = smooth_images(4)
@@ -150,7 +151,7 @@ def test_image_objective_modes_and_contrastive_term():
     assert with_term > without + 0.3  # 0.5 * NT-Xent of an untrained head over 4 pairs is about 0.5 * log(7)
 
 
-def test_corruption_and_pixel_loss_options():
+def test_corruption_and_pixel_loss_options(smooth_images):
     torch.manual_seed(0)
     clean = smooth_images(4)
     noisy = corrupt(clean, noise_std=0.1, blur_prob=0.0)

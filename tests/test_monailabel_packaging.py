@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from samora_monai.monailabel_app import (
+from samora_monai.apps.monailabel import (
     OFFLINE_ENV,
     apply_overrides,
     bundle_name_from_archive,
@@ -18,7 +18,7 @@ from samora_monai.monailabel_app import (
     offline_env,
     server_command,
 )
-from samora_monai.packaging import bundle_files, package_bundle, read_bundle_version
+from samora_monai.apps.packaging import bundle_files, package_bundle, read_bundle_version
 
 
 def _make_bundle(root: Path, version: str = "0.3.1") -> Path:

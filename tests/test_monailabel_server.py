@@ -19,34 +19,20 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from samora_monai import monailabel_app
-from samora_monai.monailabel_app import create_app, install_bundle, offline_env, server_command
-from samora_monai.packaging import package_bundle, read_bundle_version
+from samora_monai.apps import monailabel as monailabel_app
+from samora_monai.apps.monailabel import create_app, install_bundle, offline_env, server_command
+from samora_monai.apps.packaging import package_bundle, read_bundle_version
+from samora_monai.utils import bundle_dir
 
 pytest.importorskip("monailabel", reason="MONAI Label extra not installed (make venv installs it)")
 requests = pytest.importorskip("requests")
 
 pytestmark = pytest.mark.slow
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "samora_synapse"
+BUNDLE = bundle_dir("samora_synapse")
 NAME = "samora_synapse"
 ORGANS = ["spleen", "right kidney", "left kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas"]
 SHAPE = (48, 48, 8)
-# tiny random-init backbone for CPU tests, on top of what `monailabel_install` sets by default (`label_mapping: null`
-# because MONAI Label labels are already 0..8; `resume_checkpoint: null` so each /train/ round trains afresh)
-TINY = {"variant": "tiny", "img_size": 64, "random_init": True, "num_workers": 0}
-INSTALL_OVERRIDES = {**monailabel_app.INSTALL_OVERRIDES, **TINY, "batch_size": 4}
-
-
-def _ct_volume(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A CT-like volume in HU with two organ blocks, and its label (Synapse indices)."""
-    rng = np.random.default_rng(seed)
-    image = rng.normal(-80.0, 40.0, SHAPE).astype(np.float32)
-    label = np.zeros(SHAPE, np.uint8)
-    label[8 + seed : 24 + seed, 10:26, :] = 1 + seed % 8
-    label[30:42, 28:44, 2:6] = 5
-    image[label > 0] = 60.0 + 40.0 * label[label > 0]
-    return image, label
 
 
 def _save(array: np.ndarray, path: Path, affine: np.ndarray | None = None) -> Path:
@@ -61,14 +47,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, phantom, tiny):
     """Studies (3 labelled CT volumes), a trained tiny bundle packaged as a zip and installed into a monaibundle app."""
     root = tmp_path_factory.mktemp("monailabel")
     studies = root / "studies"
     (studies / "labels" / "final").mkdir(parents=True)
     items = []
     for i in range(3):
-        image, label = _ct_volume(i)
+        image, label = phantom(i, (1 + i % 8, 5), SHAPE)
         items.append(
             {
                 "image": str(_save(image, studies / f"case{i}.nii.gz")),
@@ -82,7 +68,8 @@ def workspace(tmp_path_factory):
     shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("eval", "models", "__pycache__"))
     train = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml"]
     train += ["--bundle_root", str(bundle), "--datalist", str(datalist), "--epochs", "1", "--batch_size", "4"]
-    for key, value in TINY.items():
+    server_tiny = {k: tiny[k] for k in ("variant", "img_size", "random_init", "num_workers")}
+    for key, value in server_tiny.items():
         train += [f"--{key}", str(value).lower()]
     result = subprocess.run(train, cwd=bundle, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -94,7 +81,9 @@ def workspace(tmp_path_factory):
     archive = Path(package_bundle(str(bundle), out=str(root / "dist")))
     assert archive.name == f"{NAME}_v{read_bundle_version(BUNDLE)}.zip"
     app = create_app(root / "ws")
-    installed = install_bundle(archive, app, overrides=INSTALL_OVERRIDES)
+    # on top of what `monailabel_install` sets (label_mapping: null, resume_checkpoint: null): the tiny backbone
+    overrides = {**monailabel_app.INSTALL_OVERRIDES, **server_tiny, "batch_size": 4}
+    installed = install_bundle(archive, app, overrides=overrides)
     assert (installed / "models" / "model.pt").read_bytes() == (bundle / "models" / "model.pt").read_bytes()
     return {"root": root, "app": app, "studies": studies, "installed": installed}
 
@@ -182,8 +171,8 @@ def _eval_files(workspace) -> set[Path]:
     return {p for p in eval_dir.rglob("*") if p.is_file()} if eval_dir.exists() else set()
 
 
-def test_infer_volume(server, workspace, tmp_path):
-    image, _ = _ct_volume(5)
+def test_infer_volume(server, workspace, tmp_path, phantom):
+    image, _ = phantom(5, (6, 5), SHAPE)
     before = _eval_files(workspace)
     pred, _ = _infer(server["url"], _save(image, tmp_path / "new_ct.nii.gz"))
     # MONAI Label drops the bundle's saver (a SaveImaged) and returns the label itself: nothing written in the bundle
@@ -192,11 +181,15 @@ def test_infer_volume(server, workspace, tmp_path):
     assert np.array_equal(pred, np.round(pred)) and set(np.unique(pred)) <= set(range(len(ORGANS) + 1))
 
 
-def test_four_concurrent_infers(server, tmp_path):
+def test_four_concurrent_infers(server, tmp_path, phantom):
     """Each of 4 concurrent answers equals the sequential answer for the same file (array and affine). The files
     differ in slice count and spacing, so an answer returned for the wrong request cannot pass."""
     paths = [
-        _save(_ct_volume(10 + i)[0][..., : 5 + i], tmp_path / f"ct{i}.nii.gz", np.diag([1.5, 1.5, 3.0 + 0.5 * i, 1]))
+        _save(
+            phantom(10 + i, (1 + (10 + i) % 8, 5), SHAPE)[0][..., : 5 + i],
+            tmp_path / f"ct{i}.nii.gz",
+            np.diag([1.5, 1.5, 3.0 + 0.5 * i, 1]),
+        )
         for i in range(4)
     ]
     sequential = [_infer(server["url"], p) for p in paths]

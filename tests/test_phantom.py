@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from samora_monai.data.phantom import SYNAPSE_TEST_IDS, make_demo_data, make_phantom_case
+from samora_monai.apps.phantom import SYNAPSE_TEST_IDS, make_demo_data, make_phantom_case
 
 SHAPE, SPACING = (64, 64, 24), (0.8, 0.8, 2.5)
 SYNAPSE_BTCV_IDS = (1, 2, 3, 4, 6, 7, 8, 11)

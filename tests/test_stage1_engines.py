@@ -17,22 +17,19 @@ from monai.data import DataLoader, Dataset
 from monai.utils import BundleProperty, BundlePropertyConfig
 
 from samora_monai.engines import (
-    ExpertWriter,
-    ResumeCheckpointLoader,
-    ResumeCheckpointSaver,
     SelfSupervisedTrainer,
     StudentLoss,
     expert_modules,
     latest_checkpoint,
-    log_every,
     stage1_student,
     stage1_teacher,
     unlabeled_dataset,
-    warmup_lr,
 )
+from samora_monai.handlers import ExpertWriter, ResumeCheckpointLoader, ResumeCheckpointSaver, log_every
 from samora_monai.losses import PixelLevelLoss
 from samora_monai.networks import SamoraNet, read_expert_file
 from samora_monai.networks.ssl_heads import DenoisingDecoder
+from samora_monai.optimizers import warmup_lr
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = {"samora_synapse": ROOT / "bundles/samora_synapse", "samora_la": ROOT / "bundles/samora_la"}

@@ -16,6 +16,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from samora_monai.apps.stage1_pipeline import stage1_configs
 from samora_monai.data import prepare_unlabeled
 from samora_monai.networks import SamoraNet, read_expert_file
 from samora_monai.teachers import read_teacher_metadata
@@ -24,7 +25,8 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = {"samora_synapse": ROOT / "bundles/samora_synapse", "samora_la": ROOT / "bundles/samora_la"}
-LEVELS = ("image", "patch", "pixel")
+from samora_monai.networks import DEFAULT_LEVELS as LEVELS  # noqa: E402
+
 IMG = 64
 COMMON = ["--img_size", str(IMG), "--batch_size", "4", "--epochs", "1", "--num_workers", "0", "--log_interval", "1"]
 TINY_TEACHER = {
@@ -44,7 +46,7 @@ ITERS = SLICES // 4  # batch 4, drop_last
 def run_bundle(workflow: str, bundle_root: Path, *overrides: str, bundle: str = "samora_synapse") -> str:
     """Run one workflow from an unrelated cwd; return its log (stdout + stderr); fail with the log on error."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training",
-           "--config_file", str(BUNDLES[bundle] / "configs" / f"{workflow}.yaml"),
+           "--config_file", repr([str(f) for f in stage1_configs(BUNDLES[bundle] / "configs", workflow)]),
            "--bundle_root", str(bundle_root), *COMMON, *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=bundle_root.parent, env=env, capture_output=True, text=True, timeout=600)

@@ -4,7 +4,6 @@ import os
 
 import pytest
 import torch
-from test_teachers_models import TINY_MAE
 
 from samora_monai.teachers import (
     ContrastiveTeacher,
@@ -16,9 +15,9 @@ from samora_monai.teachers import (
 )
 
 
-def test_mae_round_trip_keeps_weights_and_metadata(tmp_path):
+def test_mae_round_trip_keeps_weights_and_metadata(tmp_path, tiny_mae):
     torch.manual_seed(0)
-    mae = MAETeacher(**TINY_MAE).eval()
+    mae = MAETeacher(**tiny_mae).eval()
     path = save_teacher(mae, tmp_path / "mae.pt", summary={"iterations": 30, "final_loss": 0.13})
     assert os.listdir(tmp_path) == ["mae.pt"]  # no temporary file left behind
     meta = read_teacher_metadata(path)
@@ -41,8 +40,8 @@ def test_contrastive_round_trip(tmp_path):
     torch.testing.assert_close(loaded.embed(x), teacher.embed(x))
 
 
-def test_mismatched_files_name_the_file(tmp_path):
-    mae_path = save_teacher(MAETeacher(**TINY_MAE), tmp_path / "mae.pt")
+def test_mismatched_files_name_the_file(tmp_path, tiny_mae):
+    mae_path = save_teacher(MAETeacher(**tiny_mae), tmp_path / "mae.pt")
     with pytest.raises(ValueError, match=r"mae\.pt.*'mae' teacher for level 'patch'.*level 'image'"):
         load_teacher(mae_path, "image")
     with pytest.raises(ValueError, match=r"mae\.pt.*built for 64 px.*student uses 128 px"):
@@ -60,13 +59,13 @@ def test_mismatched_files_name_the_file(tmp_path):
         load_teacher(tmp_path / "broken.pt", "patch")
 
 
-def test_student_refuses_missing_teacher_unless_explicitly_allowed():
+def test_student_refuses_missing_teacher_unless_explicitly_allowed(tiny_mae):
     with pytest.raises(RuntimeError, match="no patch-level teacher checkpoint.*pretrain_teacher_patch"):
-        build_teacher("patch", **TINY_MAE)
+        build_teacher("patch", **tiny_mae)
     with pytest.raises(RuntimeError, match="no image-level teacher checkpoint"):
         build_teacher("image")
     with pytest.warns(UserWarning, match="randomly initialised and untrained"):
-        teacher = build_teacher("patch", allow_untrained=True, **TINY_MAE)
+        teacher = build_teacher("patch", allow_untrained=True, **tiny_mae)
     assert isinstance(teacher, MAETeacher) and not teacher.training
     with pytest.raises(ValueError, match="levels"):
         build_teacher("pixel", allow_untrained=True)

@@ -13,25 +13,6 @@ from samora_monai.teachers import (
     random_keep_indices,
 )
 
-TINY_MAE = {
-    "img_size": 64,
-    "hidden_size": 32,
-    "mlp_dim": 64,
-    "num_layers": 2,
-    "num_heads": 4,
-    "decoder_hidden_size": 32,
-    "decoder_mlp_dim": 64,
-    "decoder_num_layers": 1,
-    "decoder_num_heads": 4,
-}
-
-
-def smooth_images(n: int = 4, size: int = 64) -> torch.Tensor:
-    """[n, 1, size, size] sinusoid patterns in [0, 1]."""
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
-    freqs = [(1.0, 0.5), (0.5, 2.0), (2.0, 1.0), (1.5, 1.5), (0.7, 0.3), (3.0, 0.2)][:n]
-    return torch.stack([0.5 + 0.5 * torch.sin(6.28 * (f * xx + g * yy)) for f, g in freqs]).unsqueeze(1)
-
 
 def test_contrastive_teacher_defaults_to_resnet50():
     teacher = ContrastiveTeacher()
@@ -41,7 +22,7 @@ def test_contrastive_teacher_defaults_to_resnet50():
         ContrastiveTeacher(arch="vit_b_16")
 
 
-def test_contrastive_teacher_embed_and_ntxent_training():
+def test_contrastive_teacher_embed_and_ntxent_training(smooth_images):
     torch.manual_seed(0)
     teacher = ContrastiveTeacher(arch="resnet18", proj_hidden_dim=64, proj_dim=32, temperature=0.2, img_size=32)
     images = smooth_images(4, 32)
@@ -72,7 +53,7 @@ def test_contrastive_teacher_embed_and_ntxent_training():
         teacher.training_loss(view1[:1], view2[:1])
 
 
-def test_contrastive_views_are_random_valid_images():
+def test_contrastive_views_are_random_valid_images(smooth_images):
     transform = contrastive_augment(32, blur_prob=1.0)
     two = TwoViewd("image", transform)
     two.set_random_state(1)
@@ -85,8 +66,8 @@ def test_contrastive_views_are_random_valid_images():
     assert torch.equal(torch.as_tensor(out["image"]), image)
 
 
-def test_patchify_and_patch_embedding_share_row_major_order():
-    mae = MAETeacher(**TINY_MAE)
+def test_patchify_and_patch_embedding_share_row_major_order(tiny_mae):
+    mae = MAETeacher(**tiny_mae)
     x = torch.rand(1, 1, 64, 64)
     y = x.clone()
     y[:, :, 16:32, 48:64] += 1.0  # grid row 1, column 3 -> token 1 * 4 + 3 = 7
@@ -96,9 +77,9 @@ def test_patchify_and_patch_embedding_share_row_major_order():
     assert torch.nonzero(changed_px).flatten().tolist() == [7]
 
 
-def test_mae_encode_visible_returns_features_in_ids_keep_order():
+def test_mae_encode_visible_returns_features_in_ids_keep_order(tiny_mae):
     torch.manual_seed(0)
-    mae = MAETeacher(**TINY_MAE).eval()
+    mae = MAETeacher(**tiny_mae).eval()
     x = torch.rand(2, 1, 64, 64)
     feats, ids = mae.encode_visible(x, mask_ratio=0.75)
     assert feats.shape == (2, 4, 32) and ids.shape == (2, 4)
@@ -119,9 +100,9 @@ def test_random_keep_indices():
         random_keep_indices(1, 16, 1.0)
 
 
-def test_mae_reconstruction_training_decreases():
+def test_mae_reconstruction_training_decreases(smooth_images, tiny_mae):
     torch.manual_seed(0)
-    mae = MAETeacher(**TINY_MAE, norm_pix_loss=False)
+    mae = MAETeacher(**tiny_mae, norm_pix_loss=False)
     images = smooth_images(4)
     pred, mask = mae(images)
     assert pred.shape == (4, 16, 256) and mask.shape == (4, 16)

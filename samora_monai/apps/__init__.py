@@ -1,1 +1,3 @@
-"""Applications built on the package: run comparisons, demos, pipelines."""
+"""Applications built on the core packages: the end-to-end demo and its phantom data and figures, the stage-1
+pipeline runner, the comparison runner, the bundle-run wrapper, bundle packaging and the MONAI Label app. Core
+packages never import this one."""

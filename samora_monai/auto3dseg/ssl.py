@@ -10,10 +10,10 @@ from pathlib import Path
 
 from monai.bundle import ConfigParser
 
+from samora_monai.apps.stage1_pipeline import LEVELS, STAGE1_STEPS, run_stage1
 from samora_monai.auto3dseg.config import SamoraSettings
 from samora_monai.data import prepare_unlabeled
 from samora_monai.data.datalists import write_datalist
-from samora_monai.stage1_pipeline import LEVELS, STAGE1_STEPS, run_stage1
 from samora_monai.utils import bundle_dir
 
 __all__ = ["run_ssl", "ssl_overrides"]
@@ -55,7 +55,7 @@ def run_ssl(settings: SamoraSettings, train_files: Sequence[dict], val_files: Se
     fold's validation images or the ``testing`` items (also passed to the leakage guard of
     :func:`~samora_monai.data.prepare_unlabeled`). Slices are cut at the algorithm's ``img_size`` and intensity
     settings under ``<ckpt_path>/ssl/data/unlabeled``; teachers and experts are trained by
-    :func:`~samora_monai.stage1_pipeline.run_stage1` with the ``pretrain_*`` configs of ``bundle`` into
+    :func:`~samora_monai.apps.stage1_pipeline.run_stage1` with the ``pretrain_*`` configs of ``bundle`` into
     ``<ckpt_path>/ssl/models`` (step logs in ``<ckpt_path>/ssl/logs``).
     """
     if settings.slice_axis != 2:

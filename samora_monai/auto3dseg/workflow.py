@@ -18,12 +18,12 @@ import torch
 from monai.auto3dseg.utils import datafold_read
 from monai.data import MetaTensor
 
+from samora_monai.apps.stage1_pipeline import LEVELS
 from samora_monai.auto3dseg.bundle_run import bundle_workflow, write_fold_datalist
 from samora_monai.auto3dseg.config import SamoraSettings, save_yaml
 from samora_monai.auto3dseg.progress import TrainingProgress
 from samora_monai.auto3dseg.ssl import run_ssl
 from samora_monai.inferers import SaveLabelVolumed
-from samora_monai.stage1_pipeline import LEVELS
 from samora_monai.utils import bundle_dir
 
 __all__ = ["SamoraPredictor", "expert_folder", "fold_files", "train", "validate"]

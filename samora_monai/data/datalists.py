@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+from samora_monai.utils import NIFTI_SUFFIXES, atomic_output
+
 __all__ = [
     "SPLIT_FILES",
     "TEST_SPLITS",
@@ -54,7 +56,6 @@ SPLIT_FILES: dict[str, str] = {
 }
 TEST_SPLITS: tuple[str, ...] = ("synapse_test", "la_test", "promise12_test")
 SYNAPSE_SETTINGS = ("synapse_full", "synapse_10pct")
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _SLICE = re.compile(r"(.+)_slice(\d+)")
 logger = logging.getLogger(__name__)
 
@@ -270,7 +271,6 @@ def write_datalist(datalist: dict, path: str | os.PathLike, relative: bool = Tru
         else items
         for k, items in datalist.items()
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(out, indent=2))
     return str(path)

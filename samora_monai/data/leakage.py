@@ -29,6 +29,7 @@ from pathlib import Path
 from monai.utils import ensure_tuple
 
 from samora_monai.data.datalists import SPLIT_FILES, TEST_SPLITS, load_split
+from samora_monai.utils import case_name
 
 __all__ = [
     "EXCLUDED_SECTIONS",
@@ -36,7 +37,6 @@ __all__ = [
     "check_leakage",
     "check_unlabeled_datalist",
     "exclude_test_cases",
-    "file_stem",
 ]
 
 logger = logging.getLogger(__name__)
@@ -44,16 +44,9 @@ logger = logging.getLogger(__name__)
 EXCLUDED_SECTIONS: tuple[str, ...] = ("testing", "validation")
 # file names that do not name a case (LA ``<ID>/mri_norm2.h5``, KiTS ``case_00000/imaging.nii.gz``): the folder does
 GENERIC_STEMS: frozenset[str] = frozenset({"mri_norm2", "image", "imaging", "label", "segmentation"})
-_SUFFIXES = (".nii.gz", ".nii", ".npy.h5", ".h5", ".hdf5", ".npz", ".npy", ".dcm")
 # Synapse/BTCV names: img0001, label0001, case0001 (optionally _sliceNNN), or a bare number; 4 digits with a
 # prefix, so PROMISE "Case16" and KiTS "case_00001" are not read as Synapse cases
 _SYNAPSE = re.compile(r"(?:img|label|case)_?(\d{4})(?:_slice\d+)?|(\d+)", re.IGNORECASE)
-
-
-def file_stem(path: str | os.PathLike) -> str:
-    """File name without folder and data-format suffix: ``/d/img0035.nii.gz`` -> ``img0035``."""
-    name = Path(path).name
-    return next((name[: -len(s)] for s in _SUFFIXES if name.lower().endswith(s)), name)
 
 
 def _name_ids(name: str) -> set[str]:
@@ -71,12 +64,12 @@ def _path_id(path: str | os.PathLike) -> str:
 def case_ids(path: str | os.PathLike) -> set[str]:
     """Identifiers a volume file may be named by: its stem, its folder (LA ``<ID>/mri_norm2.h5``), its full path and,
     for BTCV/Synapse names, the case number (``img0001.nii.gz`` and ``case0001.npy.h5`` are both case 1)."""
-    return _name_ids(file_stem(path)) | {Path(path).parent.name.lower(), _path_id(path)}
+    return _name_ids(case_name(path)) | {Path(path).parent.name.lower(), _path_id(path)}
 
 
 def _entry_ids(entry: str, generic: set[str]) -> set[str]:
     """Identifiers of one exclude entry that is not a split name: a case id, a file name or a path."""
-    stem = file_stem(entry)
+    stem = case_name(entry)
     ids = {_path_id(entry)} if os.sep in entry or "/" in entry else set()
     if stem.lower() in generic:  # e.g. mri_norm2: the folder names the case
         return ids | {Path(entry).parent.name.lower()}
@@ -126,12 +119,12 @@ def check_leakage(
     exclude = [str(e) for e in exclude]
     generic = set(GENERIC_STEMS)
     for names in ([str(p) for p in paths], [*exclude, *_datalist_images(datalist, ensure_tuple(sections))]):
-        stems = [file_stem(n).lower() for n in names]
+        stems = [case_name(n).lower() for n in names]
         generic |= {s for s in stems if stems.count(s) > 1}  # a stem shared by several files names no case
     table = _excluded(exclude, datalist, ensure_tuple(sections), generic)
     leaks, used = [], set()
     for path in paths:
-        generic_stem = file_stem(path).lower() in generic
+        generic_stem = case_name(path).lower() in generic
         ids = {Path(path).parent.name.lower(), _path_id(path)} if generic_stem else case_ids(path)
         hits = sorted({desc for entry, known in table.items() for i, desc in known.items() if i in ids})
         used |= {entry for entry, known in table.items() if ids & known.keys()}

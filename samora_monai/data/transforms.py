@@ -1,6 +1,7 @@
 """MONAI transforms shared by every stage: intensity normalisation, label mapping, input checks, slice augmentation.
 
-The same :func:`intensity_transform` serves stage 1, stage 2 and inference (DESIGN.md, "One intensity pipeline").
+The same :func:`intensity_transform` serves stage 1, stage 2 and inference, so the experts see the intensities the
+fine-tuned network and the deployed model see.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ __all__ = [
 
 CT_WINDOW: tuple[float, float] = (-125.0, 275.0)
 MR_PERCENTILES: tuple[float, float] = (0.5, 99.5)
-# the 8 Synapse classes in TransUNet/SAMed/H-SAM index order (convention A of peers_and_data.md 4b)
+# the 8 Synapse classes in TransUNet/SAMed/H-SAM index order (data/splits/README.md)
 SYNAPSE_CLASSES: tuple[str, ...] = (
     "spleen", "right_kidney", "left_kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas"
 )  # fmt: skip

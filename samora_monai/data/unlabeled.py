@@ -22,9 +22,10 @@ from monai.transforms import apply_transform
 from tqdm import tqdm
 
 from samora_monai.data.datalists import TEST_SPLITS, write_datalist
-from samora_monai.data.leakage import EXCLUDED_SECTIONS, case_ids, check_leakage, file_stem
+from samora_monai.data.leakage import EXCLUDED_SECTIONS, case_ids, check_leakage
 from samora_monai.data.slices import resize_slices, select_slices
 from samora_monai.data.transforms import CT_WINDOW, MR_PERCENTILES, volume_transforms
+from samora_monai.utils import atomic_output, case_name
 
 __all__ = ["UnlabeledSliceDataset", "case_ids", "check_leakage", "prepare_unlabeled"]
 
@@ -45,7 +46,7 @@ def _input_paths(datalist: str | None, glob: str | None, data_list_key: str) -> 
 
 
 def _output_names(paths: Sequence[str]) -> list[str]:
-    stems = [file_stem(p) for p in paths]
+    stems = [case_name(p) for p in paths]
     if len(set(stems)) < len(stems):  # e.g. LA: every file is <ID>/mri_norm2.h5
         stems = [f"{Path(p).parent.name}_{s}" for p, s in zip(paths, stems, strict=True)]
     if len(set(stems)) < len(stems):
@@ -127,9 +128,8 @@ def prepare_unlabeled(
                 continue
             slices = resize_slices(image[:1], indices, spatial_size, image_mode)[:, 0].numpy().astype(dtype)
             target = out_dir / "slices" / f"{name}.npy"
-            tmp = target.with_name(f".{name}.tmp.npy")
-            np.save(tmp, slices)
-            os.replace(tmp, target)
+            with atomic_output(target) as tmp:
+                np.save(tmp, slices)
             written.append(target)
             items.append({"image": str(target), "num_slices": len(indices), "source": str(Path(path).resolve())})
     except BaseException:

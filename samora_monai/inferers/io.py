@@ -25,23 +25,11 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, SaveImaged
 
-from samora_monai.utils import atomic_output
+from samora_monai.utils import atomic_output, case_name
 
 __all__ = ["SaveLabelVolumed", "atomic_output", "case_name", "prediction_path"]
 
 logger = logging.getLogger(__name__)
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-
-
-def case_name(path: str | os.PathLike) -> str:
-    """File name without folder and NIfTI extension: ``/d/img0001.nii.gz`` -> ``img0001``."""
-    name = Path(path).name
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
-
 
 def prediction_path(image_path: str | os.PathLike, output_dir: str | os.PathLike, postfix: str = "seg") -> Path:
     """Where the prediction for ``image_path`` is written: ``<output_dir>/<case>_<postfix>.nii.gz``.

@@ -3,7 +3,7 @@
 Why not MONAI's ``SliceInferer`` as is: it tiles each slice into ``roi_size`` windows (sliding window with
 padding and blending), so a 512x512 CT slice run with ``roi_size=(224, 224)`` is cut into overlapping crops.
 SAM-based networks (SAMed, H-SAM, SAMora) are trained and evaluated on *whole* slices zoomed to the network
-size (samora_method.md section 8), so the whole-slice context must be kept. ``ResizedSliceInferer`` therefore
+size, so the whole-slice context must be kept. ``ResizedSliceInferer`` therefore
 extends ``SliceInferer`` with a full-slice window (``roi_size=(-1, -1)``: one window per slice, no padding,
 no blending) and wraps the network so that each batch of slices is resized to ``spatial_size``, run (under
 autocast on CUDA), and its logits resized back to the slice size. Batching over slices, ``sw_device`` /

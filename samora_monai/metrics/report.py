@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from monai.utils import ensure_tuple
 
-from samora_monai.inferers.io import atomic_output, case_name, prediction_path
+from samora_monai.inferers.io import prediction_path
+from samora_monai.utils import atomic_output, case_name
 
 from .segmentation import METRICS, MODES, UNITS, case_metrics
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from samora_monai.networks.samora_net import SamoraNet
-from samora_monai.utils import atomic_output
+from samora_monai.utils import atomic_output, load_record
 
 __all__ = ["EXPERT_FORMAT", "expert_state_dict", "save_expert", "load_expert", "read_expert_file"]
 
@@ -47,15 +46,7 @@ def save_expert(net: SamoraNet, level: str, path: str, summary: Mapping[str, Any
 
 def read_expert_file(path: str) -> dict[str, Any]:
     """Read and validate the container of an expert file (not yet checked against a network)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Expert file not found: {path}")
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise RuntimeError(f"Expert file {path} is corrupt or not a PyTorch file: {e}") from e
-    if not isinstance(record, dict) or record.get("format") != EXPERT_FORMAT:
-        raise ValueError(f"{path} is not a SAMora expert file (format {EXPERT_FORMAT!r} expected).")
-    return record
+    return load_record(path, EXPERT_FORMAT, "SAMora expert file", "; write expert files with save_expert")
 
 
 def load_expert(net: SamoraNet, path: str, level: str | None = None) -> dict[str, Any]:

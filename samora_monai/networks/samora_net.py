@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -23,6 +24,7 @@ from samora_monai.networks.sam_backbone import (
     read_checkpoint,
 )
 from samora_monai.networks.samora_block import BLOCK_MODES, SamoraBlock
+from samora_monai.utils import as_bool
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +72,8 @@ class SamoraNet(nn.Module):
         active_level: the expert used in ``"expert"`` mode.
         sam_checkpoint: local path of an official SAM checkpoint (e.g. ``sam_vit_b_01ec64.pth``, or
             ``sam2.1_hiera_tiny.pt`` for SAM 2).
-        random_init: must be True to build without ``sam_checkpoint`` (random SAM weights).
+        random_init: True (or ``"true"`` from a command line): random SAM weights, ``sam_checkpoint`` is ignored
+            (tests and demos only). The source of the weights is recorded as ``sam_source``.
         expert_checkpoints: ``{level: path}`` of stage-1 expert files to load.
         decoder: ``"sam"`` (SAM's decoder, prompt-free) or ``"hsam"`` (H-SAM's two-stage decoder, SAM 1 backbone:
             stage 1 is ``mask_decoder``, loaded from SAM like the plain one; stage 2 is ``mask_decoder2``, trained from
@@ -101,7 +104,7 @@ class SamoraNet(nn.Module):
         mode: str = "fused",
         active_level: str | None = None,
         sam_checkpoint: str | None = None,
-        random_init: bool = False,
+        random_init: bool | str = False,
         expert_checkpoints: Mapping[str, str] | None = None,
         decoder: str = "sam",
         hsam_guided_attention: str = "published",
@@ -110,6 +113,8 @@ class SamoraNet(nn.Module):
         super().__init__()
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {in_channels}.")
+        random_init = as_bool(random_init)
+        sam_checkpoint = None if random_init else sam_checkpoint
         if sam_checkpoint is None and not random_init:
             raise ValueError(
                 "No SAM checkpoint given: set `sam_checkpoint` to a local file such as sam_vit_b_01ec64.pth, "
@@ -137,6 +142,7 @@ class SamoraNet(nn.Module):
                 hsam_guided_attention,
             )
 
+        self.sam_source = "random_init" if random_init else os.path.abspath(os.fspath(sam_checkpoint))
         if sam_checkpoint is not None:
             load = _sam2_backbone().load_sam2_state_dict if self.backbone == "sam2" else load_sam_state_dict
             allowed = (".lora.", ".fusion.", "mask_decoder2.")

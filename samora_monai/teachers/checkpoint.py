@@ -12,7 +12,7 @@ from torch import nn
 
 from samora_monai.teachers.contrastive import ContrastiveTeacher
 from samora_monai.teachers.mae import MAETeacher
-from samora_monai.utils import atomic_output
+from samora_monai.utils import atomic_output, load_record
 
 __all__ = [
     "TEACHERS",
@@ -69,19 +69,8 @@ def save_teacher(teacher: nn.Module, path: str | os.PathLike, summary: dict[str,
 
 def read_teacher_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint's record without building the network; errors name the file."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"teacher checkpoint not found: {path}")
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable teacher checkpoint: {e}") from e
-    if not isinstance(record, dict) or record.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{path} is not a samora_monai teacher checkpoint (no format={CHECKPOINT_FORMAT!r} record); "
-            "write teacher files with samora_monai.teachers.save_teacher"
-        )
-    return record
+    hint = "; write teacher files with samora_monai.teachers.save_teacher"
+    return load_record(path, CHECKPOINT_FORMAT, "samora_monai teacher checkpoint", hint)
 
 
 def load_teacher(path: str | os.PathLike, level: str, img_size: int | None = None) -> nn.Module:

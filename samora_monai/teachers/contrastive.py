@@ -75,14 +75,9 @@ class ContrastiveTeacher(nn.Module):
         super().__init__()
         if not arch.startswith("resnet") and not arch.startswith("wide_resnet"):
             raise ValueError(f"ContrastiveTeacher needs a torchvision ResNet, got arch={arch!r}")
-        self.config: dict[str, Any] = {
-            "arch": arch,
-            "proj_hidden_dim": proj_hidden_dim,
-            "proj_dim": proj_dim,
-            "temperature": temperature,
-            "embed_from": look_up_option(embed_from, EMBED_SOURCES),
-            "img_size": img_size,
-        }
+        embed_from = look_up_option(embed_from, EMBED_SOURCES)
+        # the constructor arguments, recorded in the teacher checkpoint to rebuild the network
+        self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.img_size = img_size
         self.backbone = models.get_model(arch, weights=None)
         feat_dim = self.backbone.fc.in_features

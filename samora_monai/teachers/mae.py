@@ -110,21 +110,8 @@ class MAETeacher(nn.Module):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size={img_size} must be a multiple of patch_size={patch_size}")
-        self.config: dict[str, Any] = {
-            "img_size": img_size,
-            "patch_size": patch_size,
-            "in_channels": in_channels,
-            "hidden_size": hidden_size,
-            "mlp_dim": mlp_dim,
-            "num_layers": num_layers,
-            "num_heads": num_heads,
-            "decoder_hidden_size": decoder_hidden_size,
-            "decoder_mlp_dim": decoder_mlp_dim,
-            "decoder_num_layers": decoder_num_layers,
-            "decoder_num_heads": decoder_num_heads,
-            "mask_ratio": mask_ratio,
-            "norm_pix_loss": norm_pix_loss,
-        }
+        # the constructor arguments, recorded in the teacher checkpoint to rebuild the network
+        self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         random_keep_indices(1, 4, mask_ratio)  # validates the ratio early
         self.img_size = img_size
         self.patch_size = patch_size

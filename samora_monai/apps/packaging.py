@@ -10,9 +10,10 @@ import fnmatch
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from pathlib import Path
+
+from samora_monai.utils import atomic_output
 
 __all__ = ["archive_name", "bundle_files", "package_bundle", "read_bundle_version"]
 
@@ -86,15 +87,8 @@ def package_bundle(bundle_dir: str, out: str = "dist", name: str | None = None) 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / archive_name(name, version)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=out_dir)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for rel in files:
-                zf.write(root / rel, arcname=f"{name}/{rel.as_posix()}")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(target) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for rel in files:
+            zf.write(root / rel, arcname=f"{name}/{rel.as_posix()}")
     logger.info("wrote %s (%d files)", target, len(files))
     return str(target)

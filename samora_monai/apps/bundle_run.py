@@ -10,7 +10,7 @@ Two problems of ``python -m monai.bundle run ...`` and what this module does abo
 2. The reason of a failure sits 30-60 lines up a traceback under "Failed to instantiate component".
    :func:`install_excepthook` prints the usual traceback and then one line with the root cause.
 
-A config wires both with ``initialize: [$samora_monai.bundle_run.guard_run(), ...]``. The wrapper
+A config wires both with ``initialize: [$samora_monai.apps.bundle_run.guard_run(), ...]``. The wrapper
 ``python -m samora_monai run <run_id> --config_file ... --key value`` takes the arguments of
 ``python -m monai.bundle run``, turns a bare ``None`` value into ``$None`` and ends a failure with its reason.
 """

@@ -1,6 +1,6 @@
 """``make demo`` / ``python -m samora_monai demo``: the whole SAMora pipeline on the built-in CT phantom.
 
-The demo generates the phantom (:func:`~samora_monai.data.phantom.make_demo_data`), cuts the stage-1 slices with the
+The demo generates the phantom (:func:`~samora_monai.apps.phantom.make_demo_data`), cuts the stage-1 slices with the
 leakage guard, and then runs every workflow of the ``samora_synapse`` bundle through the real MONAI bundle CLI
 (``python -m monai.bundle run <workflow> --config_file ...`` in a subprocess), in order: the two teachers, the three
 stage-1 experts, stage-2 fine-tuning, inference on the held-out cases and their evaluation. A baseline (the same
@@ -18,161 +18,27 @@ Layout of ``<out>``: ``data/`` (phantom, ``demo_datalist.json``), ``bundle/`` (a
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from samora_monai.stage1_pipeline import LEVELS, bundle_command, pipeline_env, run_checked, run_stage1
+from samora_monai.apps.demo_settings import DemoSettings, demo_settings
+from samora_monai.apps.demo_steps import DemoRunner, DemoStepError, write_baseline, write_split
+from samora_monai.apps.stage1_pipeline import LEVELS, bundle_command, run_stage1
+from samora_monai.inferers.io import prediction_path
+from samora_monai.utils import as_bool, bundle_dir, case_name
 
-__all__ = ["DemoSettings", "demo_settings", "run_demo"]
+__all__ = ["DemoSettings", "DemoStepError", "demo_settings", "run_demo"]
 
 BUNDLE_NAME = "samora_synapse"
 _OWNED = ("data", "bundle", "predictions", "evaluation", "baseline", "logs")  # replaced on every run
 
 
-@dataclass
-class DemoSettings:
-    """Sizes and lengths of one demo run (see :func:`demo_settings`)."""
-
-    shape: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-    num_train: int
-    num_test: int
-    num_unlabeled: int
-    img_size: int
-    min_body_fraction: float
-    teacher_epochs: int
-    expert_epochs: int
-    finetune_epochs: int
-    batch_size: int
-    finetune_batch_size: int
-    learning_rate: float
-    backbone: list[str]  # bundle overrides selecting the SAM backbone
-    teacher_overrides: dict[str, list[str]] = field(default_factory=dict)
-    head_overrides: dict[str, list[str]] = field(default_factory=dict)
-
-
-def demo_settings(quick: bool = False, sam_checkpoint: str | None = None) -> DemoSettings:
-    """The demo's sizes: full (default), ``quick`` (the test) or the real ViT-B (``sam_checkpoint`` given).
-
-    The CPU settings use small teachers (a ResNet-18 contrastive teacher and a 4-layer MAE) and small heads; with a
-    SAM checkpoint the bundle's defaults (ResNet-50, ViT-B MAE, SAMora heads) are kept.
-    """
-    if sam_checkpoint is not None:
-        backbone = ["--variant", "vit_b", "--random_init", "false", "--sam_checkpoint", str(sam_checkpoint)]
-        return DemoSettings(
-            shape=(160, 160, 48), spacing=(0.8, 0.8, 2.5), num_train=6, num_test=3, num_unlabeled=6, img_size=224,
-            min_body_fraction=0.05, teacher_epochs=10, expert_epochs=5, finetune_epochs=20, batch_size=16,
-            finetune_batch_size=16, learning_rate=0.005, backbone=backbone,
-        )
-    backbone = ["--variant", "tiny", "--random_init", "true"]
-    teachers = {
-        "image": ["--network_def#arch", "resnet18", "--network_def#proj_hidden_dim", "128",
-                  "--network_def#proj_dim", "64"],
-        "patch": ["--network_def#hidden_size", "64", "--network_def#mlp_dim", "128", "--network_def#num_layers", "4",
-                  "--network_def#num_heads", "4", "--network_def#decoder_hidden_size", "64",
-                  "--network_def#decoder_mlp_dim", "128", "--network_def#decoder_num_layers", "2",
-                  "--network_def#decoder_num_heads", "4"],
-    }
-    heads = {"image": ["--head#hidden_dim", "128"], "patch": ["--head#hidden_dim", "128"],
-             "pixel": ["--head#channels", "[32,16,16,8]"]}
-    if quick:
-        return DemoSettings(
-            shape=(64, 64, 12), spacing=(1.6, 1.6, 5.0), num_train=2, num_test=1, num_unlabeled=1, img_size=64,
-            min_body_fraction=0.05, teacher_epochs=1, expert_epochs=1, finetune_epochs=1, batch_size=8,
-            finetune_batch_size=8, learning_rate=0.005, backbone=backbone, teacher_overrides=teachers,
-            head_overrides=heads,
-        )
-    return DemoSettings(
-        shape=(128, 128, 40), spacing=(2.4, 2.4, 6.0), num_train=6, num_test=3, num_unlabeled=2, img_size=128,
-        min_body_fraction=0.05, teacher_epochs=2, expert_epochs=2, finetune_epochs=20, batch_size=16,
-        finetune_batch_size=8, learning_rate=0.005, backbone=backbone, teacher_overrides=teachers,
-        head_overrides=heads,
-    )
-
-
 def bundle_source() -> Path:
-    """The ``samora_synapse`` bundle folder of this checkout."""
-    path = Path(__file__).resolve().parents[1] / "bundles" / BUNDLE_NAME
-    if not (path / "configs" / "train.yaml").is_file():
-        raise FileNotFoundError(f"bundle configs not found under {path}: run the demo from a source checkout")
-    return path
-
-
-class DemoStepError(RuntimeError):
-    """A demo step exited with an error; the message names the step and its log file."""
-
-
-class _Runner:
-    """Numbered step headers, subprocess streaming to the terminal and a per-step log file, timings."""
-
-    def __init__(self, out: Path, total: int, num_threads: int = 1):
-        self.out, self.total, self.index, self.num_threads = out, total, 0, num_threads
-        self.logs = out / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.timings: dict[str, float] = {}
-
-    def header(self, name: str, title: str) -> None:
-        self.index += 1
-        print(f"\n{'=' * 100}\n[{self.index}/{self.total}] {title}\n{'=' * 100}", flush=True)
-        self.current = name
-
-    def done(self, name: str, seconds: float) -> None:
-        self.timings[name] = round(seconds, 1)
-        print(f"[{self.index}/{self.total}] done in {seconds:.1f} s", flush=True)
-
-    def command(self, name: str, title: str, cmd: Sequence[str], expect: Sequence[Path] = ()) -> Path:
-        """Run ``cmd`` streaming its bytes (progress bars included) to stdout and ``logs/<name>.log``."""
-        self.header(name, title)
-        log = self.logs / f"{name}.log"
-        start = time.perf_counter()
-        label = f"demo step [{self.index}/{self.total}] {title!r}"
-        run_checked(label, cmd, log, self.out, pipeline_env(self.num_threads), expect, DemoStepError)
-        self.done(name, time.perf_counter() - start)
-        return log
-
-
-def _write_split(data_dir: Path, phantom: dict) -> tuple[Path, list[dict]]:
-    """``demo_datalist.json``: training = the labelled training cases, validation = the first of them (stage 2
-    keeps the network that fits it best as ``model.pt``, so no held-out case selects the model), testing = the
-    held-out cases."""
-    source = json.loads(Path(phantom["dataset_json"]).read_text())
-    split = {"training": source["training"], "validation": source["training"][:1], "testing": source["testing"]}
-    path = data_dir / "demo_datalist.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(split, indent=2))
-    os.replace(tmp, path)
-    return path, source["testing"]
-
-
-def _write_baseline(configs: Path, bundle_root: Path, overrides: Sequence[str], path: Path) -> None:
-    """The stage-2 network exactly as fine-tuning starts it (experts loaded, HL-Attn and decoder freshly initialised
-    with the training seed), saved as a whole-network state dict."""
-    import torch
-    from monai.bundle import ConfigParser
-    from monai.utils import set_determinism
-
-    parser = ConfigParser()
-    parser.read_config(str(configs / "train.yaml"))
-    parser["bundle_root"] = str(bundle_root)
-    for key, value in zip(overrides[::2], overrides[1::2], strict=True):
-        try:  # as the bundle CLI (python-fire) reads values: numbers and lists become Python objects
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            pass
-        parser[key.lstrip("-")] = value
-    set_determinism(seed=int(parser.get_parsed_content("seed")))
-    net = parser.get_parsed_content("network_def")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(net.state_dict(), tmp)
-    os.replace(tmp, path)
-    set_determinism(None)
+    """The shipped ``samora_synapse`` bundle folder (:func:`~samora_monai.utils.bundle_dir`)."""
+    return bundle_dir(BUNDLE_NAME)
 
 
 def _table(summaries: dict[str, dict]) -> str:
@@ -235,11 +101,10 @@ def run_demo(
     Raises:
         DemoStepError: a step failed (the message names the step and its log file).
     """
-    from samora_monai.bundle_utils import as_bool
+    from samora_monai.apps.figures import demo_figure
+    from samora_monai.apps.phantom import make_demo_data
     from samora_monai.data import prepare_unlabeled
     from samora_monai.data.datalists import TEST_SPLITS
-    from samora_monai.data.phantom import make_demo_data
-    from samora_monai.figures import demo_figure
 
     quick = as_bool(quick)  # the command line may pass "true"/"false" as text
     sam_checkpoint = sam_checkpoint or os.environ.get("SAM_CHECKPOINT") or None
@@ -254,7 +119,7 @@ def run_demo(
     configs = bundle_root / "configs"
     shutil.copytree(source / "configs", configs)
     models = bundle_root / "models"
-    runner = _Runner(out_dir, total=13, num_threads=num_threads)
+    runner = DemoRunner(out_dir, total=13, num_threads=num_threads)
     start = time.perf_counter()
 
     if sam_checkpoint is None:
@@ -271,13 +136,13 @@ def run_demo(
     t = time.perf_counter()
     phantom = make_demo_data(str(data_dir), settings.num_train, settings.num_test, settings.num_unlabeled,
                              settings.shape, settings.spacing, seed)
-    datalist, held_out = _write_split(data_dir, phantom)
+    datalist, held_out = write_split(data_dir, phantom)
     held_out_images = [str((data_dir / item["image"]).resolve()) for item in held_out]
     runner.done("phantom", time.perf_counter() - t)
 
     runner.header("slices", "stage-1 unlabeled slices (leakage guard: held-out cases excluded)")
     t = time.perf_counter()
-    exclude = [*TEST_SPLITS, *(Path(p).name.split(".")[0] for p in held_out_images)]
+    exclude = [*TEST_SPLITS, *(case_name(p) for p in held_out_images)]
     print(f"excluded from stage 1: {', '.join(Path(p).name for p in held_out_images)} and the splits "
           f"{', '.join(TEST_SPLITS)}", flush=True)
     unlabeled = prepare_unlabeled(str(bundle_root / "data" / "unlabeled"), datalist=phantom["dataset_json"],
@@ -313,7 +178,7 @@ def run_demo(
         [*bundle_command("run", [configs / "inference.yaml"], bundle_root,
                       [*settings.backbone, "--img_size", str(settings.img_size), "--num_workers", "0"]),
          "--input_images", repr(held_out_images), "--output_dir", str(predictions)],
-        expect=[predictions / f"{Path(p).name.split('.')[0]}_seg.nii.gz" for p in held_out_images],
+        expect=[prediction_path(p, predictions) for p in held_out_images],
     )
     evaluation = out_dir / "evaluation"
     eval_files = [evaluation / f"metrics_{m}.{e}" for m in ("transunet", "monai") for e in ("json", "csv")]
@@ -329,7 +194,7 @@ def run_demo(
     baseline_eval = out_dir / "baseline" / "evaluation"
     runner.header("baseline_model", "baseline: stage-2 network with the three experts, untrained HL-Attn + decoder")
     t = time.perf_counter()
-    _write_baseline(configs, bundle_root, stage2[2:], baseline_model)
+    write_baseline(configs, bundle_root, stage2[2:], baseline_model)
     print(f"wrote {baseline_model}", flush=True)
     runner.done("baseline_model", time.perf_counter() - t)
     runner.command(

@@ -35,24 +35,12 @@ from samora_monai.data import (
     transunet_synapse_datalist,
 )
 
-__all__ = ["SETTINGS", "as_bool", "datalist_section", "find_images", "load_datalist"]
+__all__ = ["SETTINGS", "datalist_section", "find_images", "load_datalist"]
 
 logger = logging.getLogger(__name__)
 
 SETTINGS = ("synapse_full", "synapse_10pct", "la_4scans", "btcv", "transunet", "la_h5", "msd_heart")
 SECTIONS = ("training", "validation", "testing", "unlabeled")
-
-
-def as_bool(value: bool | str | int) -> bool:
-    """A config flag from YAML (``true``) or the command line (``--random_init true`` arrives as the string)."""
-    if isinstance(value, str):
-        v = value.strip().lower()
-        if v in ("true", "1", "yes", "on"):
-            return True
-        if v in ("false", "0", "no", "off", "none", "null", ""):
-            return False
-        raise ValueError(f"not a boolean flag: {value!r}")
-    return bool(value)
 
 
 def load_datalist(

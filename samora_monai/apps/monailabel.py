@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from samora_monai.utils import atomic_output
+
 __all__ = [
     "INSTALL_OVERRIDES",
     "apply_overrides",
@@ -85,12 +87,8 @@ def create_app(workspace: str | os.PathLike, name: str = "monaibundle") -> Path:
         raise FileExistsError(f"{app_dir}: exists but is not a MONAI Label app (no main.py)")
     source = find_sample_app(name)
     app_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=app_dir.parent))
-    try:
-        shutil.copytree(source, tmp / name, ignore=shutil.ignore_patterns("logs", "model", "__pycache__"))
-        os.replace(tmp / name, app_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_output(app_dir) as tmp:
+        shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("logs", "model", "__pycache__"))
     (app_dir / "model").mkdir(exist_ok=True)
     logger.info("created MONAI Label app %s from %s", app_dir, source)
     return app_dir
@@ -134,9 +132,8 @@ def apply_overrides(bundle_dir: str | os.PathLike, overrides: Mapping[str, Any])
             continue
         content.update({k: overrides[k] for k in keys})
         unused -= set(keys)
-        tmp = path.with_name(f".{path.name}.tmp")
-        ConfigParser.export_config_file(content, str(tmp), fmt=path.suffix.lstrip("."), sort_keys=False)
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            ConfigParser.export_config_file(content, str(tmp), fmt=path.suffix.lstrip("."), sort_keys=False)
         changed.append(path)
     if unused:
         raise ValueError(f"{Path(bundle_dir) / 'configs'}: no config defines {sorted(unused)}")

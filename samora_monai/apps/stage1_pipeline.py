@@ -1,8 +1,9 @@
 """SAMora stage 1 through the real MONAI bundle CLI: the two teachers, then the three LoRA experts.
 
-Each step is ``python -m monai.bundle run training --config_file <configs>/<workflow>.yaml --bundle_root <out_dir>``
-in a subprocess whose output streams to the terminal and to ``<log_dir>/<step>.log``. Used by the demo
-(:mod:`samora_monai.demo`) and by the Auto3DSeg algorithm's ``ssl: run`` (:mod:`samora_monai.auto3dseg.workflow`).
+Each step is ``python -m monai.bundle run training --config_file "['<configs>/pretrain.yaml',
+'<configs>/<workflow>.yaml']" --bundle_root <out_dir>`` (the stage-1 base and the step's overlay) in a subprocess
+whose output streams to the terminal and to ``<log_dir>/<step>.log``. Used by the demo
+(:mod:`samora_monai.apps.demo`) and by the Auto3DSeg algorithm's ``ssl: run`` (:mod:`samora_monai.auto3dseg.workflow`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,15 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["STAGE1_STEPS", "Stage1Error", "bundle_command", "pipeline_env", "run_logged", "run_stage1"]
+import samora_monai
+from samora_monai.networks import DEFAULT_LEVELS
 
-LEVELS = ("image", "patch", "pixel")
+__all__ = [
+    "STAGE1_BASE", "STAGE1_STEPS", "Stage1Error", "bundle_command", "pipeline_env", "run_logged", "run_stage1",
+    "stage1_configs",
+]
+
+LEVELS = DEFAULT_LEVELS  # the expert levels, in the order stage 1 trains them
 # (step name, title, workflow config, level, output sub-folder of <out_dir>/models), in the order they must run
 STAGE1_STEPS = (
     ("teacher_image", "stage 1: image-level teacher, ResNet contrastive (SimCLR)", "pretrain_teacher_image", "image",
@@ -25,6 +32,14 @@ STAGE1_STEPS = (
     *((f"expert_{lv}", f"stage 1: {lv} expert (LoRA on the frozen SAM encoder)", f"pretrain_{lv}", lv, "experts")
       for lv in LEVELS),
 )
+
+STAGE1_BASE = "pretrain"  # the config every stage-1 workflow overlays
+
+
+def stage1_configs(configs_dir: str | os.PathLike, workflow: str) -> list[Path]:
+    """The config files of a stage-1 workflow, in the order ``--config_file`` takes them: base, then overlay."""
+    return [Path(configs_dir) / f"{STAGE1_BASE}.yaml", Path(configs_dir) / f"{workflow}.yaml"]
+
 
 StepRunner = Callable[[str, str, Sequence[str], Sequence[Path]], object]
 
@@ -37,7 +52,7 @@ def pipeline_env(num_threads: int | None = None, env: Mapping[str, str] | None =
     """Environment of a step: ``env`` (default ``os.environ``) with unbuffered output, this package importable and,
     when given, ``num_threads`` as ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``."""
     env = dict(os.environ if env is None else env)
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(samora_monai.__file__).resolve().parent.parent)  # the folder samora_monai is imported from
     env["PYTHONPATH"] = os.pathsep.join([root, env["PYTHONPATH"]]) if env.get("PYTHONPATH") else root
     env["PYTHONUNBUFFERED"] = "1"
     if num_threads is not None:
@@ -101,8 +116,8 @@ def run_stage1(
     """Train the image and patch teachers and the image, patch and pixel experts, in that order.
 
     Args:
-        bundle_configs_dir: folder with ``pretrain_teacher_{image,patch}.yaml`` and
-            ``pretrain_{image,patch,pixel}.yaml``.
+        bundle_configs_dir: folder with the stage-1 base ``pretrain.yaml`` and its overlays
+            ``pretrain_teacher_{image,patch}.yaml`` and ``pretrain_{image,patch,pixel}.yaml``.
         out_dir: the ``bundle_root`` of every step: teachers go to ``<out_dir>/models/teachers/<level>.pt``, experts
             to ``<out_dir>/models/experts/<level>.pt``.
         unlabeled_datalist: the slice datalist written by :func:`samora_monai.data.prepare_unlabeled`.
@@ -118,7 +133,7 @@ def run_stage1(
         "expert_pixel": ".../models/experts/pixel.pt"}``.
     """
     configs, root = Path(bundle_configs_dir), Path(out_dir).resolve()
-    missing = [str(configs / f"{s[2]}.yaml") for s in STAGE1_STEPS if not (configs / f"{s[2]}.yaml").is_file()]
+    missing = sorted({str(f) for s in STAGE1_STEPS for f in stage1_configs(configs, s[2]) if not f.is_file()})
     if missing:
         raise FileNotFoundError(f"stage-1 bundle configs not found: {missing}")
     if not Path(unlabeled_datalist).is_file():
@@ -137,6 +152,6 @@ def run_stage1(
     for name, title, workflow, level, kind in STAGE1_STEPS:
         target = root / "models" / kind / f"{level}.pt"
         args = ["--unlabeled_datalist", str(unlabeled_datalist), *overrides, *per_kind[kind].get(level, [])]
-        run_step(name, title, bundle_command("training", [configs / f"{workflow}.yaml"], root, args), [target])
+        run_step(name, title, bundle_command("training", stage1_configs(configs, workflow), root, args), [target])
         written[name] = str(target)
     return written

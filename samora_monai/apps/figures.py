@@ -23,6 +23,8 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from samora_monai.data.transforms import BTCV_TO_SYNAPSE, CT_WINDOW, SYNAPSE_CLASSES  # noqa: E402
+from samora_monai.inferers.io import prediction_path  # noqa: E402
+from samora_monai.utils import atomic_output, case_name  # noqa: E402
 
 __all__ = ["ORGAN_COLOURS", "demo_figure", "pick_slices", "read_loss_log"]
 
@@ -104,8 +106,7 @@ def demo_figure(
     """
     preds, gts, cts = [], [], []
     for image, label in zip(images, labels, strict=True):
-        case = Path(image).name.split(".")[0]
-        pred_path = Path(predictions) / f"{case}_seg.nii.gz"
+        pred_path = prediction_path(image, predictions)
         if not pred_path.is_file():
             raise FileNotFoundError(f"prediction for {image} not found: {pred_path}")
         cts.append(_load(image))
@@ -119,7 +120,7 @@ def demo_figure(
     cmap = ListedColormap(ORGAN_COLOURS[: len(class_names)])
     for row, (case, z) in enumerate(chosen):
         ct = _display(np.clip(cts[case][..., z], *window))
-        name = Path(images[case]).name.split(".")[0]
+        name = case_name(images[case])
         panels = (("CT", None), ("ground truth", gts[case]), ("prediction", preds[case]))
         for col, (title, overlay) in enumerate(panels):
             ax = fig.add_subplot(grid[row, col])
@@ -146,9 +147,7 @@ def demo_figure(
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name("." + out.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_output(out) as tmp:
+        fig.savefig(tmp, dpi=110, format=out.suffix.lstrip(".") or "png")
     plt.close(fig)
-    os.replace(tmp, out)
     return out
