@@ -10,9 +10,10 @@ import fnmatch
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from pathlib import Path
+
+from samora_monai.utils import atomic_output
 
 __all__ = ["archive_name", "bundle_files", "package_bundle", "read_bundle_version"]
 
@@ -22,8 +23,9 @@ logger = logging.getLogger(__name__)
 EXCLUDED_DIRS = frozenset({"__pycache__", ".ipynb_checkpoints", ".pytest_cache", ".git", "eval", "runs", "logs"})
 # files never shipped: byte code, TensorBoard events, temporary/editor files, hidden files
 EXCLUDED_FILES = ("*.pyc", "*.pyo", "events.out.tfevents.*", "*.tmp", "*.part", "*.swp", "*~", ".*")
-# the only files kept from `models/` (MONAI bundle spec); checkpoints such as `latest_*.pt` stay out
-MODEL_FILES = frozenset({"model.pt", "model.ts", "model.onnx"})
+# the only files kept from `models/` (MONAI bundle spec, plus the sidecar describing model.pt's network);
+# checkpoints such as `latest_*.pt` stay out
+MODEL_FILES = frozenset({"model.pt", "model.ts", "model.onnx", "model_meta.json"})
 # MONAI Label writes this merged config for multi-GPU training; it is a run artefact, not part of the bundle
 GENERATED_CONFIGS = frozenset({"monailabel_train.json"})
 
@@ -70,7 +72,7 @@ def package_bundle(bundle_dir: str, out: str = "dist", name: str | None = None) 
     ``version`` comes from ``configs/metadata.json``; ``name`` defaults to the folder name of ``bundle_dir``.
     ``models/model.pt`` (and ``model.ts``/``model.onnx``) are included when present; caches, ``eval/`` outputs,
     TensorBoard events, extra checkpoints and temporary files are left out. The archive is written under a
-    temporary name and renamed, so an interrupted run leaves no partial zip.
+    temporary name and renamed, so an interrupted run leaves no partial zip; its mode follows the umask.
     """
     root = Path(bundle_dir)
     if not root.is_dir():
@@ -86,15 +88,8 @@ def package_bundle(bundle_dir: str, out: str = "dist", name: str | None = None) 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / archive_name(name, version)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=out_dir)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for rel in files:
-                zf.write(root / rel, arcname=f"{name}/{rel.as_posix()}")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(target) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for rel in files:
+            zf.write(root / rel, arcname=f"{name}/{rel.as_posix()}")
     logger.info("wrote %s (%d files)", target, len(files))
     return str(target)
