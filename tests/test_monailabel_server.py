@@ -1,6 +1,8 @@
-"""End to end with a real MONAI Label server: train the tiny Synapse bundle for one epoch with the bundle CLI,
-package it, install it through ``monai.bundle.download`` from the local archive, serve it on 127.0.0.1, infer
-(one request, then four concurrent ones) and train one epoch through ``/train/``."""
+"""End to end with a real MONAI Label server: train the tiny Synapse bundle (random SAM weights) for one epoch with
+the bundle CLI, package it, install it with ``monailabel_install`` and NO overrides (the installed configs follow
+``models/model_meta.json``), serve it on 127.0.0.1, infer (one request, then four concurrent ones; uint8 labels),
+train one epoch through ``/train/``, then train on a label with out-of-range values and read the cause in the job's
+status."""
 
 from __future__ import annotations
 
@@ -18,9 +20,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import yaml
 
-from samora_monai import monailabel_app
-from samora_monai.monailabel_app import create_app, install_bundle, offline_env, server_command
+from samora_monai.monailabel_app import monailabel_install, offline_env, server_command
 from samora_monai.packaging import package_bundle, read_bundle_version
 
 pytest.importorskip("monailabel", reason="MONAI Label extra not installed (make venv installs it)")
@@ -32,10 +34,16 @@ BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "samora_synapse"
 NAME = "samora_synapse"
 ORGANS = ["spleen", "right kidney", "left kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas"]
 SHAPE = (48, 48, 8)
-# tiny random-init backbone for CPU tests, on top of what `monailabel_install` sets by default (`label_mapping: null`
-# because MONAI Label labels are already 0..8; `resume_checkpoint: null` so each /train/ round trains afresh)
+# how the bundle is trained here (tiny random-init backbone for CPU tests); the install must find these by itself
 TINY = {"variant": "tiny", "img_size": 64, "random_init": True, "num_workers": 0}
-INSTALL_OVERRIDES = {**monailabel_app.INSTALL_OVERRIDES, **TINY, "batch_size": 4}
+# the sidecar writer, added to train.yaml's handlers until the bundle's own train.yaml lists it
+META_HANDLER = {
+    "_target_": "samora_monai.handlers.ModelMetaWriter",
+    "network": "@network",
+    "model_file": "$@ckpt_dir + '/model.pt'",
+    "class_names": "@class_names",
+    "sam_checkpoint": "@network_def#sam_checkpoint",
+}
 
 
 def _ct_volume(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +88,11 @@ def workspace(tmp_path_factory):
 
     bundle = root / NAME
     shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("eval", "models", "__pycache__"))
-    train = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml"]
+    configs = ["configs/train.yaml"]
+    if "ModelMetaWriter" not in (bundle / "configs" / "train.yaml").read_text():
+        (root / "meta_handler.json").write_text(json.dumps({"+train#handlers": [META_HANDLER]}))
+        configs.append(str(root / "meta_handler.json"))
+    train = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(configs)]
     train += ["--bundle_root", str(bundle), "--datalist", str(datalist), "--epochs", "1", "--batch_size", "4"]
     for key, value in TINY.items():
         train += [f"--{key}", str(value).lower()]
@@ -90,13 +102,17 @@ def workspace(tmp_path_factory):
     # resume state goes to models/checkpoints/: MONAI Label offers every models/*.pt as a model file
     assert sorted(p.name for p in (bundle / "models").glob("*.pt")) == ["model.pt"]
     assert (bundle / "models" / "checkpoints" / "latest_checkpoint_epoch=1.pt").is_file()
+    meta = json.loads((bundle / "models" / "model_meta.json").read_text())
+    assert (meta["variant"], meta["img_size"], meta["random_init"], meta["sam_checkpoint"]) == ("tiny", 64, True, None)
 
     archive = Path(package_bundle(str(bundle), out=str(root / "dist")))
     assert archive.name == f"{NAME}_v{read_bundle_version(BUNDLE)}.zip"
-    app = create_app(root / "ws")
-    installed = install_bundle(archive, app, overrides=INSTALL_OVERRIDES)
+    installed = Path(monailabel_install(str(archive), str(root / "ws")))  # no overrides: read from the sidecar
     assert (installed / "models" / "model.pt").read_bytes() == (bundle / "models" / "model.pt").read_bytes()
-    return {"root": root, "app": app, "studies": studies, "installed": installed}
+    for config in ("inference.yaml", "train.yaml"):
+        content = yaml.safe_load((installed / "configs" / config).read_text())
+        assert (content["variant"], content["img_size"], content["random_init"]) == ("tiny", 64, True), config
+    return {"root": root, "app": root / "ws" / "samora", "studies": studies, "installed": installed}
 
 
 @pytest.fixture(scope="module")
@@ -139,12 +155,15 @@ def server(workspace):
 
 
 def _infer(url: str, path: Path) -> np.ndarray:
+    """POST ``path`` to /infer/ and return the label volume as stored in the returned file (dtype included)."""
     with open(path, "rb") as f:
         res = requests.post(f"{url}/infer/{NAME}", params={"output": "image"}, files={"file": f}, timeout=300)
     assert res.status_code == 200, res.text[:2000]
     out = path.with_name(f"{path.name.split('.')[0]}_{time.monotonic_ns()}_label.nii.gz")
     out.write_bytes(res.content)
-    return np.asanyarray(nib.load(out).dataobj)
+    image = nib.load(out)
+    assert image.get_data_dtype() == np.uint8  # class indices as the bundle CLI writes them, not float32
+    return np.asanyarray(image.dataobj)
 
 
 def test_model_pt_holds_whole_network(workspace):
@@ -186,8 +205,8 @@ def test_infer_volume(server, workspace, tmp_path):
     pred = _infer(server["url"], _save(image, tmp_path / "new_ct.nii.gz"))
     # MONAI Label drops the bundle's saver (a SaveImaged) and returns the label itself: nothing written in the bundle
     assert _eval_files(workspace) == before
-    assert pred.shape == SHAPE
-    assert np.array_equal(pred, np.round(pred)) and set(np.unique(pred)) <= set(range(len(ORGANS) + 1))
+    assert pred.shape == SHAPE and pred.dtype == np.uint8
+    assert set(np.unique(pred)) <= set(range(len(ORGANS) + 1))
 
 
 def test_four_concurrent_infers(server, tmp_path):
@@ -198,22 +217,28 @@ def test_four_concurrent_infers(server, tmp_path):
     assert all(set(np.unique(p)) <= set(range(len(ORGANS) + 1)) for p in preds)
 
 
-def test_train_one_epoch(server, workspace):
-    model_pt = workspace["installed"] / "models" / "model.pt"
-    before = model_pt.stat().st_mtime_ns
+def _train(url: str) -> tuple[dict, str]:
+    """Start a one-epoch /train/ job, poll it as the README says until it ends; the task and its output lines."""
     request = {"max_epochs": 1, "multi_gpu": False, "val_split": 0.4, "device": "cpu"}
-    res = requests.post(f"{server['url']}/train/{NAME}", json=request, timeout=60)
+    res = requests.post(f"{url}/train/{NAME}", json=request, timeout=60)
     assert res.status_code == 200, res.text[:2000]
     task_id = res.json()["id"]
     deadline = time.monotonic() + 240
     while True:
-        status = requests.get(f"{server['url']}/train/", params={"all": True}, timeout=30).json()
-        task = next(t for t in status if t["id"] == task_id)
-        if task["status"] not in ("SUBMITTED", "RUNNING"):
-            break
+        # 200 with the running task, 404 once none runs (also for a moment before the job's process starts)
+        if requests.get(f"{url}/train/", params={"check_if_running": True}, timeout=30).status_code == 404:
+            status = requests.get(f"{url}/train/", params={"all": True}, timeout=30).json()
+            task = next(t for t in status if t["id"] == task_id)
+            if task["status"] not in ("SUBMITTED", "RUNNING"):
+                return task, "\n".join(task.get("details", []))
         assert time.monotonic() < deadline, "training did not finish in 240 s"
         time.sleep(1)
-    details = "\n".join(task.get("details", []))
+
+
+def test_train_one_epoch(server, workspace):
+    model_pt = workspace["installed"] / "models" / "model.pt"
+    before = model_pt.stat().st_mtime_ns
+    task, details = _train(server["url"])
     assert task["status"] == "DONE", details[-4000:]
     assert "Epoch: 1/1" in details and "Training Finished" in details, details[-4000:]
     assert "Epoch: 2/" not in details
@@ -221,3 +246,19 @@ def test_train_one_epoch(server, workspace):
     models = workspace["installed"] / "models"
     assert sorted(p.name for p in models.glob("*.pt")) == ["model.pt"]  # the only model file MONAI Label lists
     assert (models / "checkpoints" / "latest_checkpoint_epoch=1.pt").is_file()
+
+
+def test_train_error_reaches_the_client(server, workspace, tmp_path):
+    """A label with values beyond the 8 classes: the job ends in ERROR and its status names the file and the range
+    (the package's message), not only MONAI's 'Failed to instantiate component'."""
+    _, label = _ct_volume(0)
+    label[0:4, 0:4, 0] = 11
+    with open(_save(label, tmp_path / "case0.nii.gz"), "rb") as f:
+        params = {"image": "case0", "tag": "final"}
+        res = requests.put(f"{server['url']}/datastore/label", params=params, files={"label": f}, timeout=60)
+    assert res.status_code == 200, res.text[:2000]
+    task, details = _train(server["url"])
+    assert task["status"] == "ERROR", details[-4000:]
+    last = details.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError: training failed: "), details[-4000:]
+    assert "labels/final/case0.nii.gz" in last and "[0, 11]" in last and "0..8" in last, last

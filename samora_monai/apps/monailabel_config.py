@@ -84,9 +84,9 @@ def check_model_file(bundle_dir: str | os.PathLike, max_listed: int = 5) -> None
 
     model_file = Path(bundle_dir) / "models" / "model.pt"
     parser = _parser(bundle_dir)
-    parser["network_def#random_init"] = True
-    parser["network_def#sam_checkpoint"] = None
-    parser["network_def#expert_checkpoints"] = {}
+    for key, value in (("random_init", True), ("sam_checkpoint", None), ("expert_checkpoints", {})):
+        if key in parser["network_def"]:
+            parser[f"network_def#{key}"] = value
     with torch.device("meta"):
         network = parser.get_parsed_content("network_def")
     expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}

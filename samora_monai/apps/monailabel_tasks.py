@@ -37,14 +37,34 @@ def label_dtype(max_label: int) -> np.dtype:
     raise ValueError(f"label {max_label} does not fit in uint32")
 
 
+WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+_NOT_EXCEPTION_LINES = ("Traceback", "The above exception", "During handling", WORKER_TRACEBACK)
+
+
+def _first_exception_line(traceback_text: str) -> str | None:
+    """The first ``Type: message`` line of a formatted traceback: its root cause, since a chain prints causes
+    first."""
+    for line in traceback_text.splitlines():
+        if line.strip() and not line[0].isspace() and not line.startswith(_NOT_EXCEPTION_LINES):
+            return line
+    return None
+
+
 def error_summary(exc: BaseException) -> str:
-    """``"<Type>: <message>"`` of the innermost exception of ``exc``'s chain (``__cause__``, else ``__context__``):
-    for a bundle run, the package's own error rather than MONAI's ``Failed to instantiate component ...``."""
+    """``"<Type>: <message>"`` of the root cause of ``exc``: the innermost exception of its chain (``__cause__``,
+    else ``__context__``), or, when that is a DataLoader worker's error (a traceback as text), the first exception
+    of the worker's traceback. For a bundle run: the package's own error rather than MONAI's ``Failed to
+    instantiate component ...`` or ``applying transform ...``."""
     seen = {id(exc)}
     while (nxt := exc.__cause__ or exc.__context__) is not None and id(nxt) not in seen:
         seen.add(id(nxt))
         exc = nxt
-    return f"{type(exc).__name__}: {exc}"
+    message = str(exc)
+    if WORKER_TRACEBACK in message:
+        root = _first_exception_line(message.split(WORKER_TRACEBACK, 1)[1])
+        if root:
+            return root
+    return f"{type(exc).__name__}: {message}"
 
 
 class SamoraBundleInferTask(BundleInferTask):
