@@ -36,7 +36,9 @@ def _make_bundle(root: Path, version: str = "0.3.1") -> Path:
     """A small bundle folder with everything ``package_bundle`` must keep or drop."""
     files = {
         "configs/metadata.json": json.dumps({"version": version, "name": "demo"}),
-        "configs/inference.yaml": "variant: vit_b\nimg_size: 224\nnum_workers: 2\nnetwork_def: {_target_: torch.nn.Identity}\n",
+        "configs/inference.yaml": (
+            "variant: vit_b\nimg_size: 224\nnum_workers: 2\nnetwork_def: {_target_: torch.nn.Identity}\n"
+        ),
         "configs/train.yaml": "variant: vit_b\nlabel_mapping: {1: 1, 6: 5}\nepochs: 20\nresume_checkpoint: null\n",
         "configs/monailabel_train.json": "{}",
         "configs/logging.conf": "[loggers]\n",
