@@ -248,17 +248,30 @@ def test_train_one_epoch(server, workspace):
     assert (models / "checkpoints" / "latest_checkpoint_epoch=1.pt").is_file()
 
 
-def test_train_error_reaches_the_client(server, workspace, tmp_path):
-    """A label with values beyond the 8 classes: the job ends in ERROR and its status names the file and the range
-    (the package's message), not only MONAI's 'Failed to instantiate component'."""
-    _, label = _ct_volume(0)
-    label[0:4, 0:4, 0] = 11
-    with open(_save(label, tmp_path / "case0.nii.gz"), "rb") as f:
-        params = {"image": "case0", "tag": "final"}
-        res = requests.put(f"{server['url']}/datastore/label", params=params, files={"label": f}, timeout=60)
+def _save_label(url: str, case: str, label: np.ndarray, tmp_path: Path) -> None:
+    """Save ``label`` for image ``case`` through the datastore API, as a labelling client does."""
+    with open(_save(label, tmp_path / f"{case}.nii.gz"), "rb") as f:
+        params = {"image": case, "tag": "final"}
+        res = requests.put(f"{url}/datastore/label", params=params, files={"label": f}, timeout=60)
     assert res.status_code == 200, res.text[:2000]
-    task, details = _train(server["url"])
-    assert task["status"] == "ERROR", details[-4000:]
-    last = details.strip().splitlines()[-1]
-    assert last.startswith("RuntimeError: training failed: "), details[-4000:]
-    assert "labels/final/case0.nii.gz" in last and "[0, 11]" in last and "0..8" in last, last
+
+
+def test_train_error_reaches_the_client(server, workspace, tmp_path):
+    """Labels with values beyond the 8 classes: the job ends in ERROR and the last line of its status names the
+    file and the range (the package's message), not only MONAI's 'Failed to instantiate component' or a DataLoader
+    worker's 'applying transform'. First one bad label (read by a validation DataLoader worker), then all of them
+    (the training dataset fails while the bundle instantiates it)."""
+    log_start = len(server["log"].read_text())
+    for cases in (["case0"], ["case0", "case1", "case2"]):
+        for case in cases:
+            _, label = _ct_volume(int(case[-1]))
+            label[0:4, 0:4, 0] = 11
+            _save_label(server["url"], case, label, tmp_path)
+        task, details = _train(server["url"])
+        assert task["status"] == "ERROR", details[-4000:]
+        last = details.strip().splitlines()[-1]
+        assert last.startswith("RuntimeError: training failed: ValueError: "), details[-4000:]
+        assert "/labels/final/case" in last and "[0, 11]" in last and "expected 0..8" in last, last
+    log = server["log"].read_text()[log_start:]
+    assert "Failed to instantiate component 'samora_monai.data.VolumeSliceDataset'" in log
+    assert "DataLoader worker" in log
