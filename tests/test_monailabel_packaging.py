@@ -245,6 +245,13 @@ def test_missing_sam_checkpoint_stops_install_and_serve(tmp_path):
     (tmp_path / "studies").mkdir()
     with pytest.raises(FileNotFoundError, match=f"put sam_vit_b_01ec64.pth .* at {weights}$"):
         monailabel_serve(str(ws / "samora"), str(tmp_path / "studies"), models="samora_synapse")
+    # `monailabel start_server` run by hand loads the app itself: it stops with the same message
+    pytest.importorskip("monailabel")
+    from samora_monai.apps.monailabel_tasks import SamoraLabelApp
+
+    conf = {"models": "samora_synapse", "zoo_source": "github"}
+    with pytest.raises(FileNotFoundError, match=f"put sam_vit_b_01ec64.pth .* at {weights}$"):
+        SamoraLabelApp(str(ws / "samora"), str(tmp_path / "studies"), conf)
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])
