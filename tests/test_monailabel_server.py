@@ -1,6 +1,8 @@
-"""End to end with a real MONAI Label server: train the tiny Synapse bundle for one epoch with the bundle CLI,
-package it, install it through ``monai.bundle.download`` from the local archive, serve it on 127.0.0.1, infer
-(one request, then four concurrent ones) and train one epoch through ``/train/``."""
+"""End to end with a real MONAI Label server: train the tiny Synapse bundle (random SAM weights) for one epoch with
+the bundle CLI, package it, install it with ``monailabel_install`` and NO overrides (the installed configs follow
+``models/model_meta.json``), serve it on 127.0.0.1, infer (one request, then four concurrent ones; uint8 labels),
+train one epoch through ``/train/``, then train on a label with out-of-range values and read the cause in the job's
+status."""
 
 from __future__ import annotations
 
@@ -18,9 +20,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import yaml
 
-from samora_monai.apps import monailabel as monailabel_app
-from samora_monai.apps.monailabel import create_app, install_bundle, offline_env, server_command
+from samora_monai.apps.monailabel import monailabel_install, offline_env, server_command
 from samora_monai.apps.packaging import package_bundle, read_bundle_version
 from samora_monai.utils import bundle_dir
 
@@ -33,6 +35,14 @@ BUNDLE = bundle_dir("samora_synapse")
 NAME = "samora_synapse"
 ORGANS = ["spleen", "right kidney", "left kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas"]
 SHAPE = (48, 48, 8)
+# the sidecar writer, added to train.yaml's handlers until the bundle's own train.yaml lists it
+META_HANDLER = {
+    "_target_": "samora_monai.handlers.ModelMetaWriter",
+    "network": "@network",
+    "model_file": "$@ckpt_dir + '/model.pt'",
+    "class_names": "@class_names",
+    "sam_checkpoint": "@network_def#sam_checkpoint",
+}
 
 
 def _save(array: np.ndarray, path: Path, affine: np.ndarray | None = None) -> Path:
@@ -66,7 +76,11 @@ def workspace(tmp_path_factory, phantom, tiny):
 
     bundle = root / NAME
     shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("eval", "models", "__pycache__"))
-    train = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.yaml"]
+    configs = ["configs/train.yaml"]
+    if "ModelMetaWriter" not in (bundle / "configs" / "train.yaml").read_text():
+        (root / "meta_handler.json").write_text(json.dumps({"+train#handlers": [META_HANDLER]}))
+        configs.append(str(root / "meta_handler.json"))
+    train = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(configs)]
     train += ["--bundle_root", str(bundle), "--datalist", str(datalist), "--epochs", "1", "--batch_size", "4"]
     server_tiny = {k: tiny[k] for k in ("variant", "img_size", "random_init", "num_workers")}
     for key, value in server_tiny.items():
@@ -77,15 +91,17 @@ def workspace(tmp_path_factory, phantom, tiny):
     # resume state goes to models/checkpoints/: MONAI Label offers every models/*.pt as a model file
     assert sorted(p.name for p in (bundle / "models").glob("*.pt")) == ["model.pt"]
     assert (bundle / "models" / "checkpoints" / "latest_checkpoint_epoch=1.pt").is_file()
+    meta = json.loads((bundle / "models" / "model_meta.json").read_text())
+    assert (meta["variant"], meta["img_size"], meta["random_init"], meta["sam_checkpoint"]) == ("tiny", 64, True, None)
 
     archive = Path(package_bundle(str(bundle), out=str(root / "dist")))
     assert archive.name == f"{NAME}_v{read_bundle_version(BUNDLE)}.zip"
-    app = create_app(root / "ws")
-    # on top of what `monailabel_install` sets (label_mapping: null, resume_checkpoint: null): the tiny backbone
-    overrides = {**monailabel_app.INSTALL_OVERRIDES, **server_tiny, "batch_size": 4}
-    installed = install_bundle(archive, app, overrides=overrides)
+    installed = Path(monailabel_install(str(archive), str(root / "ws")))  # no overrides: read from the sidecar
     assert (installed / "models" / "model.pt").read_bytes() == (bundle / "models" / "model.pt").read_bytes()
-    return {"root": root, "app": app, "studies": studies, "installed": installed}
+    for config in ("inference.yaml", "train.yaml"):
+        content = yaml.safe_load((installed / "configs" / config).read_text())
+        assert (content["variant"], content["img_size"], content["random_init"]) == ("tiny", 64, True), config
+    return {"root": root, "app": root / "ws" / "samora", "studies": studies, "installed": installed}
 
 
 @pytest.fixture(scope="module")
@@ -128,13 +144,14 @@ def server(workspace):
 
 
 def _infer(url: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The label volume MONAI Label returns for ``path``, and its affine."""
+    """POST ``path`` to /infer/; the label volume as stored in the returned file (dtype included) and its affine."""
     with open(path, "rb") as f:
         res = requests.post(f"{url}/infer/{NAME}", params={"output": "image"}, files={"file": f}, timeout=300)
     assert res.status_code == 200, res.text[:2000]
     out = path.with_name(f"{path.name.split('.')[0]}_{time.monotonic_ns()}_label.nii.gz")
     out.write_bytes(res.content)
     label = nib.load(out)
+    assert label.get_data_dtype() == np.uint8  # class indices as the bundle CLI writes them, not float32
     return np.asanyarray(label.dataobj), label.affine
 
 
@@ -177,8 +194,8 @@ def test_infer_volume(server, workspace, tmp_path, phantom):
     pred, _ = _infer(server["url"], _save(image, tmp_path / "new_ct.nii.gz"))
     # MONAI Label drops the bundle's saver (a SaveImaged) and returns the label itself: nothing written in the bundle
     assert _eval_files(workspace) == before
-    assert pred.shape == SHAPE
-    assert np.array_equal(pred, np.round(pred)) and set(np.unique(pred)) <= set(range(len(ORGANS) + 1))
+    assert pred.shape == SHAPE and pred.dtype == np.uint8
+    assert set(np.unique(pred)) <= set(range(len(ORGANS) + 1))
 
 
 def test_four_concurrent_infers(server, tmp_path, phantom):
@@ -202,22 +219,28 @@ def test_four_concurrent_infers(server, tmp_path, phantom):
         assert np.array_equal(con_affine, seq_affine), f"ct{i}: affines differ"
 
 
-def test_train_one_epoch(server, workspace):
-    model_pt = workspace["installed"] / "models" / "model.pt"
-    before = model_pt.stat().st_mtime_ns
+def _train(url: str) -> tuple[dict, str]:
+    """Start a one-epoch /train/ job, poll it as the README says until it ends; the task and its output lines."""
     request = {"max_epochs": 1, "multi_gpu": False, "val_split": 0.4, "device": "cpu"}
-    res = requests.post(f"{server['url']}/train/{NAME}", json=request, timeout=60)
+    res = requests.post(f"{url}/train/{NAME}", json=request, timeout=60)
     assert res.status_code == 200, res.text[:2000]
     task_id = res.json()["id"]
     deadline = time.monotonic() + 240
     while True:
-        status = requests.get(f"{server['url']}/train/", params={"all": True}, timeout=30).json()
-        task = next(t for t in status if t["id"] == task_id)
-        if task["status"] not in ("SUBMITTED", "RUNNING"):
-            break
+        # 200 with the running task, 404 once none runs (also for a moment before the job's process starts)
+        if requests.get(f"{url}/train/", params={"check_if_running": True}, timeout=30).status_code == 404:
+            status = requests.get(f"{url}/train/", params={"all": True}, timeout=30).json()
+            task = next(t for t in status if t["id"] == task_id)
+            if task["status"] not in ("SUBMITTED", "RUNNING"):
+                return task, "\n".join(task.get("details", []))
         assert time.monotonic() < deadline, "training did not finish in 240 s"
         time.sleep(1)
-    details = "\n".join(task.get("details", []))
+
+
+def test_train_one_epoch(server, workspace):
+    model_pt = workspace["installed"] / "models" / "model.pt"
+    before = model_pt.stat().st_mtime_ns
+    task, details = _train(server["url"])
     assert task["status"] == "DONE", details[-4000:]
     assert "Epoch: 1/1" in details and "Training Finished" in details, details[-4000:]
     assert "Epoch: 2/" not in details
@@ -225,3 +248,32 @@ def test_train_one_epoch(server, workspace):
     models = workspace["installed"] / "models"
     assert sorted(p.name for p in models.glob("*.pt")) == ["model.pt"]  # the only model file MONAI Label lists
     assert (models / "checkpoints" / "latest_checkpoint_epoch=1.pt").is_file()
+
+
+def _save_label(url: str, case: str, label: np.ndarray, tmp_path: Path) -> None:
+    """Save ``label`` for image ``case`` through the datastore API, as a labelling client does."""
+    with open(_save(label, tmp_path / f"{case}.nii.gz"), "rb") as f:
+        params = {"image": case, "tag": "final"}
+        res = requests.put(f"{url}/datastore/label", params=params, files={"label": f}, timeout=60)
+    assert res.status_code == 200, res.text[:2000]
+
+
+def test_train_error_reaches_the_client(server, workspace, tmp_path, phantom):
+    """Labels with values beyond the 8 classes: the job ends in ERROR and the last line of its status names the
+    file and the range (the package's message), not only MONAI's 'Failed to instantiate component' or a DataLoader
+    worker's 'applying transform'. First one bad label (read by a validation DataLoader worker), then all of them
+    (the training dataset fails while the bundle instantiates it)."""
+    log_start = len(server["log"].read_text())
+    for cases in (["case0"], ["case0", "case1", "case2"]):
+        for case in cases:
+            _, label = phantom(int(case[-1]), (1 + int(case[-1]) % 8, 5), SHAPE)
+            label[0:4, 0:4, 0] = 11
+            _save_label(server["url"], case, label, tmp_path)
+        task, details = _train(server["url"])
+        assert task["status"] == "ERROR", details[-4000:]
+        last = details.strip().splitlines()[-1]
+        assert last.startswith("RuntimeError: training failed: ValueError: "), details[-4000:]
+        assert "/labels/final/case" in last and "[0, 11]" in last and "expected 0..8" in last, last
+    log = server["log"].read_text()[log_start:]
+    assert "Failed to instantiate component 'samora_monai.data.VolumeSliceDataset'" in log
+    assert "DataLoader worker" in log

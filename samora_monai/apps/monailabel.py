@@ -2,15 +2,17 @@
 
 Three steps, each usable alone:
 
-1. :func:`create_app` copies MONAI Label's ``monaibundle`` sample app out of the installed ``monailabel`` package
-   (what ``monailabel apps --download --name monaibundle`` does; no network).
-2. :func:`install_bundle` unpacks a bundle archive (``python -m samora_monai package_bundle``) into
-   ``<app>/model/<name>`` through ``monai.bundle.download(url=file://...)``.
+1. :func:`create_app` writes a MONAI Label app, ``<workspace>/<app>/main.py``, that serves bundles with the tasks
+   of :mod:`samora_monai.apps.monailabel_tasks` (MONAI Label's bundle tasks returning integer labels and reporting
+   the cause of a failed training).
+2. :func:`install_bundle` unpacks a bundle archive (``python -m samora_monai package_bundle``) or a bundle folder
+   into ``<app>/model/<name>`` through ``monai.bundle.download(url=file://...)``, sets its configs to build the
+   network recorded in ``models/model_meta.json``, and checks ``model.pt`` and the SAM checkpoint.
 3. :func:`server_command` / :func:`monailabel_serve` start ``monailabel start_server`` with
    ``--conf zoo_source github`` (a local bundle folder is used as is, the zoo is never listed).
 
 Run: ``python -m samora_monai monailabel_install --archive dist/samora_synapse_v0.1.0.zip --workspace ml``
-then ``python -m samora_monai monailabel_serve --app ml/monaibundle --studies <images> --models samora_synapse``.
+then ``python -m samora_monai monailabel_serve --app ml/samora --studies <images> --models samora_synapse``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from samora_monai.apps.monailabel_config import (
+    check_model_file,
+    meta_settings,
+    read_bundle_meta,
+    require_sam_checkpoint,
+)
 from samora_monai.utils import atomic_output
 
 __all__ = [
@@ -34,8 +42,8 @@ __all__ = [
     "apply_overrides",
     "bundle_name_from_archive",
     "create_app",
-    "find_sample_app",
     "install_bundle",
+    "install_settings",
     "monailabel_install",
     "monailabel_serve",
     "offline_env",
@@ -58,39 +66,26 @@ OFFLINE_ENV: dict[str, str] = {
 # already class indices (no raw-id mapping), and each /train/ round trains instead of resuming the previous round
 INSTALL_OVERRIDES: dict[str, Any] = {"resume_checkpoint": None, "label_mapping": None}
 
-
-def find_sample_app(name: str = "monaibundle") -> Path:
-    """Folder of MONAI Label's sample app ``name``, as shipped in the ``monailabel`` wheel (``<prefix>/monailabel``)."""
-    try:
-        import monailabel
-    except ImportError as e:
-        raise RuntimeError("MONAI Label is not installed: see the 'Use with MONAI Label' section of the README") from e
-    package_root = Path(monailabel.__file__).resolve().parent
-    candidates = [
-        package_root.parent / "sample-apps",  # source checkout
-        Path(sys.prefix) / "monailabel" / "sample-apps",  # pip install (wheel data files)
-        Path(sys.prefix) / "local" / "monailabel" / "sample-apps",
-        Path.home() / ".local" / "monailabel" / "sample-apps",
-    ]
-    for root in candidates:
-        if (root / name / "main.py").is_file():
-            return root / name
-    raise FileNotFoundError(f"MONAI Label sample app '{name}' not found in: {', '.join(map(str, candidates))}")
+APP_MAIN = (
+    '"""MONAI Label app for SAMora bundles, written by samora_monai (see samora_monai.apps.monailabel_tasks)."""\n\n'
+    "from samora_monai.apps.monailabel_tasks import SamoraLabelApp  # noqa: F401  (the app MONAI Label loads)\n"
+)
 
 
-def create_app(workspace: str | os.PathLike, name: str = "monaibundle") -> Path:
-    """Copy the sample app ``name`` to ``<workspace>/<name>`` (kept when it already holds a ``main.py``)."""
+def create_app(workspace: str | os.PathLike, name: str = "samora") -> Path:
+    """Write the MONAI Label app ``<workspace>/<name>`` (``main.py`` loading
+    :class:`~samora_monai.apps.monailabel_tasks.SamoraLabelApp`, and ``model/``); an existing one is kept."""
     app_dir = Path(workspace) / name
-    if (app_dir / "main.py").is_file():
-        return app_dir
-    if app_dir.exists():
+    main = app_dir / "main.py"
+    if main.is_file() and main.read_text() != APP_MAIN:
+        raise FileExistsError(f"{app_dir}: holds another MONAI Label app (main.py differs); choose another --app")
+    if app_dir.exists() and not main.is_file():
         raise FileExistsError(f"{app_dir}: exists but is not a MONAI Label app (no main.py)")
-    source = find_sample_app(name)
-    app_dir.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(app_dir) as tmp:
-        shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("logs", "model", "__pycache__"))
-    (app_dir / "model").mkdir(exist_ok=True)
-    logger.info("created MONAI Label app %s from %s", app_dir, source)
+    (app_dir / "model").mkdir(parents=True, exist_ok=True)
+    if not main.is_file():
+        with atomic_output(main) as tmp:
+            tmp.write_text(APP_MAIN)
+        logger.info("created MONAI Label app %s", app_dir)
     return app_dir
 
 
@@ -113,11 +108,25 @@ def bundle_name_from_archive(archive: str | os.PathLike) -> str:
     return name
 
 
+def _set_id(content: dict, key: str, value: Any) -> bool:
+    """Set config id ``key`` (``a`` or ``a#b``) in ``content`` when the config defines it (for ``a#b``: when ``a``
+    is a mapping there); returns whether it was set."""
+    *parents, leaf = key.split("#")
+    node = content
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or (not parents and leaf not in node):
+        return False
+    node[leaf] = value
+    return True
+
+
 def apply_overrides(bundle_dir: str | os.PathLike, overrides: Mapping[str, Any]) -> list[Path]:
-    """Set top-level config ids in every ``configs/*.json|yaml`` of ``bundle_dir`` that defines them.
+    """Set config ids in every ``configs/*.json|yaml`` of ``bundle_dir`` that defines them.
 
     MONAI Label reads exactly one ``inference`` and one ``train`` config file with no command-line overrides, so
-    values such as ``label_mapping: null`` (datastore labels are already 0..8) go into the installed copy. Every
+    values such as ``label_mapping: null`` (datastore labels are already 0..8) go into the installed copy. An id is
+    top-level (``variant``) or nested (``network_def#decoder``: set wherever ``network_def`` is a mapping). Every
     override must be defined by at least one config; the files are rewritten atomically. Returns the changed files.
     """
     from monai.bundle import ConfigParser
@@ -127,10 +136,9 @@ def apply_overrides(bundle_dir: str | os.PathLike, overrides: Mapping[str, Any])
     unused, changed = set(overrides), []
     for path in configs:
         content = ConfigParser.load_config_file(path)
-        keys = [k for k in overrides if k in content]
+        keys = [k for k in overrides if _set_id(content, k, overrides[k])]
         if not keys:
             continue
-        content.update({k: overrides[k] for k in keys})
         unused -= set(keys)
         with atomic_output(path) as tmp:
             ConfigParser.export_config_file(content, str(tmp), fmt=path.suffix.lstrip("."), sort_keys=False)
@@ -140,34 +148,69 @@ def apply_overrides(bundle_dir: str | os.PathLike, overrides: Mapping[str, Any])
     return changed
 
 
+def install_settings(bundle_dir: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The config ids to set in an unpacked bundle: those of ``models/model_meta.json`` (:func:`meta_settings`),
+    then ``overrides``. An override that contradicts the sidecar on how the network was built is an error."""
+    overrides = dict(overrides or {})
+    meta_file = Path(bundle_dir) / "models" / "model_meta.json"
+    meta = read_bundle_meta(bundle_dir)
+    if meta is None:
+        return overrides
+    settings = meta_settings(meta, meta_file)
+    clash = {k: (settings[k], v) for k, v in overrides.items() if k in settings and settings[k] != v}
+    if clash:
+        details = ", ".join(f"{k}: {old!r} recorded, {new!r} given" for k, (old, new) in clash.items())
+        raise ValueError(f"{meta_file}: model.pt was trained otherwise ({details}); drop these overrides")
+    return {**settings, **overrides}
+
+
 def install_bundle(
-    archive: str | os.PathLike, app_dir: str | os.PathLike, overrides: Mapping[str, Any] | None = None
+    archive: str | os.PathLike,
+    app_dir: str | os.PathLike,
+    overrides: Mapping[str, Any] | None = None,
+    sam_checkpoint: str | os.PathLike | None = None,
+    name: str | None = None,
 ) -> Path:
-    """Install a bundle archive into ``<app_dir>/model/<name>`` with ``monai.bundle.download`` from a ``file://``
-    URL and return that folder; ``overrides`` go into its configs (:func:`apply_overrides`). An existing install
-    of the same bundle is replaced only once the new one is fully unpacked and configured."""
+    """Install a bundle archive, or a bundle folder (packaged first, as ``name``), into ``<app_dir>/model/<name>``
+    with ``monai.bundle.download`` from a ``file://`` URL and return that folder.
+
+    The installed configs build the network recorded in ``models/model_meta.json`` when the bundle has one
+    (:func:`install_settings`), with ``overrides`` on top (:func:`apply_overrides`); ``sam_checkpoint`` (a local
+    file) replaces the configs' SAM checkpoint path. The install stops, leaving nothing behind, when ``model.pt``
+    does not match the network the installed ``inference.yaml`` builds or when that network needs a SAM checkpoint
+    that is not there. An existing install of the same bundle is replaced only once the new one is ready.
+    """
     from monai.bundle import download
 
-    archive = Path(archive).resolve()
-    name = bundle_name_from_archive(archive)
     model_dir = Path(app_dir) / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
-    target = model_dir / name
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=model_dir))
-    try:
-        download(name=name, bundle_dir=str(staging), url=archive.as_uri(), progress=False)
-        unpacked = staging / name
+    with tempfile.TemporaryDirectory(prefix=".staging.", dir=model_dir) as staging:
+        if Path(archive).is_dir():
+            from samora_monai.apps.packaging import package_bundle
+
+            archive = package_bundle(str(archive), out=str(Path(staging) / "dist"), name=name)
+        archive = Path(archive).resolve()
+        name = bundle_name_from_archive(archive)
+        download(name=name, bundle_dir=staging, url=archive.as_uri(), progress=False)
+        unpacked = Path(staging) / name
         if not (unpacked / "configs" / "metadata.json").is_file():
             raise RuntimeError(f"{archive}: monai.bundle.download did not unpack {name}/configs/metadata.json")
-        if not (unpacked / "models" / "model.pt").is_file():
+        settings = install_settings(unpacked, overrides)
+        if sam_checkpoint is not None:
+            if not Path(sam_checkpoint).is_file():
+                raise FileNotFoundError(f"{sam_checkpoint}: SAM checkpoint not found")
+            settings["sam_checkpoint"] = str(Path(sam_checkpoint).resolve())
+        if settings:
+            apply_overrides(unpacked, settings)
+        if (unpacked / "models" / "model.pt").is_file():
+            check_model_file(unpacked)
+            require_sam_checkpoint(unpacked, hint=" or pass --sam_checkpoint <path of that file> to monailabel_install")
+        else:
             logger.warning("%s: no models/model.pt; MONAI Label will not offer inference with it", archive)
-        if overrides:
-            apply_overrides(unpacked, overrides)
+        target = model_dir / name
         if target.exists():
             shutil.rmtree(target)
         os.replace(unpacked, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     logger.info("installed %s into %s", archive.name, target)
     return target
 
@@ -202,12 +245,21 @@ def server_command(
 
 
 def monailabel_install(
-    archive: str, workspace: str, app: str = "monaibundle", overrides: Mapping[str, Any] | str | None = None
+    archive: str,
+    workspace: str,
+    app: str = "samora",
+    overrides: Mapping[str, Any] | str | None = None,
+    sam_checkpoint: str | None = None,
+    name: str | None = None,
 ) -> str:
-    """Create ``<workspace>/<app>`` from the installed MONAI Label sample app and install ``archive`` into it
-    (``overrides``: config ids to set in the installed copy, on top of :data:`INSTALL_OVERRIDES`; on the command
-    line a Python literal such as ``"{'batch_size': 8}"``, python-fire parses it; a JSON string also works from
-    Python); returns the installed bundle folder."""
+    """Create the app ``<workspace>/<app>`` (:func:`create_app`) and install ``archive`` (a bundle zip, or a bundle
+    folder such as the demo's ``<out>/bundle`` with ``name``) into it; returns the installed bundle folder.
+
+    The installed configs build the network that ``models/model_meta.json`` records (variant, input size, random or
+    checkpoint SAM weights...), with :data:`INSTALL_OVERRIDES` and ``overrides`` on top (config ids to set in the
+    installed copy; on the command line a Python literal such as ``"{'batch_size': 8}"``, python-fire parses it; a
+    JSON string also works from Python). ``sam_checkpoint``: local SAM weights for a model trained from them.
+    """
     if isinstance(overrides, str):
         try:
             overrides = json.loads(overrides)
@@ -216,17 +268,24 @@ def monailabel_install(
     if overrides is not None and not isinstance(overrides, Mapping):
         raise ValueError(f"--overrides must be a JSON object, got {overrides!r}")
     app_dir = create_app(workspace, app)
-    return str(install_bundle(archive, app_dir, {**INSTALL_OVERRIDES, **(overrides or {})}))
+    settings = {**INSTALL_OVERRIDES, **(overrides or {})}
+    return str(install_bundle(archive, app_dir, settings, sam_checkpoint=sam_checkpoint, name=name))
 
 
 def monailabel_serve(
     app: str, studies: str, models: str = "samora_synapse", host: str = "127.0.0.1", port: int = 8000, **conf: str
 ) -> int:
     """Run the MONAI Label server in the foreground (offline environment); extra ``--key value`` flags become
-    ``--conf key value``. Returns the server's exit code."""
+    ``--conf key value``. Stops before starting when a bundle needs a SAM checkpoint that is missing. Returns the
+    server's exit code."""
     for path, what in ((Path(app) / "main.py", "MONAI Label app"), (Path(studies), "studies folder")):
         if not path.exists():
             raise FileNotFoundError(f"{path}: {what} not found")
+    for model in models.split(",") if isinstance(models, str) else models:
+        bundle = Path(app) / "model" / model.strip()
+        if not (bundle / "configs").is_dir():
+            raise FileNotFoundError(f"{bundle}: bundle not installed (run monailabel_install first)")
+        require_sam_checkpoint(bundle)
     cmd = server_command(app, studies, models, host=host, port=port, conf={k: str(v) for k, v in conf.items()})
     logger.info("starting: %s", " ".join(cmd))
     return subprocess.call(cmd, env=offline_env())

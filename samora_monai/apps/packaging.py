@@ -23,8 +23,9 @@ logger = logging.getLogger(__name__)
 EXCLUDED_DIRS = frozenset({"__pycache__", ".ipynb_checkpoints", ".pytest_cache", ".git", "eval", "runs", "logs"})
 # files never shipped: byte code, TensorBoard events, temporary/editor files, hidden files
 EXCLUDED_FILES = ("*.pyc", "*.pyo", "events.out.tfevents.*", "*.tmp", "*.part", "*.swp", "*~", ".*")
-# the only files kept from `models/` (MONAI bundle spec); checkpoints such as `latest_*.pt` stay out
-MODEL_FILES = frozenset({"model.pt", "model.ts", "model.onnx"})
+# the only files kept from `models/` (MONAI bundle spec, plus the sidecar describing model.pt's network);
+# checkpoints such as `latest_*.pt` stay out
+MODEL_FILES = frozenset({"model.pt", "model.ts", "model.onnx", "model_meta.json"})
 # MONAI Label writes this merged config for multi-GPU training; it is a run artefact, not part of the bundle
 GENERATED_CONFIGS = frozenset({"monailabel_train.json"})
 
@@ -71,7 +72,7 @@ def package_bundle(bundle_dir: str, out: str = "dist", name: str | None = None) 
     ``version`` comes from ``configs/metadata.json``; ``name`` defaults to the folder name of ``bundle_dir``.
     ``models/model.pt`` (and ``model.ts``/``model.onnx``) are included when present; caches, ``eval/`` outputs,
     TensorBoard events, extra checkpoints and temporary files are left out. The archive is written under a
-    temporary name and renamed, so an interrupted run leaves no partial zip.
+    temporary name and renamed, so an interrupted run leaves no partial zip; its mode follows the umask.
     """
     root = Path(bundle_dir)
     if not root.is_dir():
