@@ -13,7 +13,6 @@ import pytest
 import torch
 import yaml
 
-from samora_monai.handlers.model_meta import model_meta, write_model_meta
 from samora_monai.apps.monailabel import (
     APP_MAIN,
     OFFLINE_ENV,
@@ -25,8 +24,9 @@ from samora_monai.apps.monailabel import (
     offline_env,
     server_command,
 )
-from samora_monai.networks import SamoraNet
 from samora_monai.apps.packaging import bundle_files, package_bundle, read_bundle_version
+from samora_monai.handlers.model_meta import model_meta, write_model_meta
+from samora_monai.networks import SamoraNet
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "samora_synapse"
 ORGANS = ["spleen", "right_kidney", "left_kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas"]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from samora_monai.handlers.model_meta import META_FILE, read_model_meta
+from samora_monai.utils import as_bool
 
 __all__ = ["check_model_file", "meta_settings", "read_bundle_meta", "require_sam_checkpoint", "sam_checkpoint_path"]
 
@@ -58,8 +59,11 @@ def _parser(bundle_dir: str | os.PathLike, config: str = INFERENCE_CONFIG):
 def sam_checkpoint_path(bundle_dir: str | os.PathLike, config: str = INFERENCE_CONFIG) -> Path | None:
     """The SAM checkpoint the bundle's ``network_def`` loads (None under ``random_init`` or without one)."""
     parser = _parser(bundle_dir, config)
-    if "sam_checkpoint" not in (parser.get("network_def") or {}):
+    network_def = parser.get("network_def") or {}
+    if "sam_checkpoint" not in network_def:
         return None
+    if "random_init" in network_def and as_bool(parser.get_parsed_content("network_def#random_init")):
+        return None  # SamoraNet ignores sam_checkpoint under random_init
     path = parser.get_parsed_content("network_def#sam_checkpoint")
     return None if path is None else Path(path)
 
