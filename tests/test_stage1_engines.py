@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from monai.bundle import ConfigParser
 from monai.bundle.properties import TrainProperties
 from monai.data import DataLoader, Dataset
 from monai.utils import BundleProperty, BundlePropertyConfig
 
+from samora_monai.apps.stage1_pipeline import stage1_configs
 from samora_monai.engines import (
     SelfSupervisedTrainer,
     StudentLoss,
@@ -168,9 +168,15 @@ def test_stage1_teacher_rule(tmp_path):
     assert teacher.source_checkpoint == "untrained" and not teacher.training
 
 
-def test_student_config_without_teacher_checkpoint_fails_clearly(tmp_path):
+def stage1_parser(bundle: str, workflow: str) -> ConfigParser:
+    """The stage-1 base and the workflow's overlay, read as ``--config_file`` reads them."""
     parser = ConfigParser()
-    parser.read_config(str(BUNDLES["samora_synapse"] / "configs/pretrain_image.yaml"))
+    parser.read_config([str(f) for f in stage1_configs(BUNDLES[bundle] / "configs", workflow)])
+    return parser
+
+
+def test_student_config_without_teacher_checkpoint_fails_clearly(tmp_path):
+    parser = stage1_parser("samora_synapse", "pretrain_image")
     parser.update({"bundle_root": str(tmp_path), "variant": "tiny", "img_size": 64, "random_init": True})
     with pytest.raises(RuntimeError) as err:
         parser.get_parsed_content("teacher")
@@ -184,13 +190,13 @@ def test_student_config_without_teacher_checkpoint_fails_clearly(tmp_path):
 
 @pytest.mark.parametrize("workflow", WORKFLOWS)
 def test_configs_are_zoo_style_and_bundles_differ_only_in_dataset_values(workflow):
-    configs = {name: yaml.safe_load((p / "configs" / f"{workflow}.yaml").read_text()) for name, p in BUNDLES.items()}
+    configs = {name: stage1_parser(name, workflow).get() for name in BUNDLES}  # base + overlay, merged
     syn, la = configs["samora_synapse"], configs["samora_la"]
     assert syn["modality"] == "ct" and la["modality"] == "mr"
     differing = {k for k in syn.keys() | la.keys() if syn.get(k) != la.get(k)}
     assert differing <= {"modality", "num_classes"}, differing
     assert syn["training"] == "%run" and syn["run"] == ["$@train#trainer.run()"]
-    assert syn["unlabeled_datalist"] == "$@bundle_root + '/data/unlabeled/unlabeled_datalist.json'"
+    assert syn["unlabeled_datalist"] == "$@dataset_dir + '/unlabeled/unlabeled_datalist.json'"
     assert (syn["epochs"], syn["batch_size"], syn["img_size"], syn["learning_rate"]) == (30, 16, 224, 0.001)
     assert (syn["weight_decay"], syn["warmup_iters"], syn["poly_power"]) == (0.1, 25, 0.9)
     if "lora_rank" in syn:
@@ -200,4 +206,4 @@ def test_configs_are_zoo_style_and_bundles_differ_only_in_dataset_values(workflo
     assert [i for i in required if i not in parser] == []  # the zoo's required train ids (ConfigWorkflow)
     assert parser["train#handlers"][0]["_target_"].endswith("ResumeCheckpointLoader")  # before the writer (last)
     assert parser["train#handlers"][-1] == "@train#writer"
-    assert parser["output_dir"].endswith(f"'/eval/{workflow}'")
+    assert parser.get_parsed_content("output_dir") == f"./eval/{workflow}"

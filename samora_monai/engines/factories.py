@@ -91,7 +91,8 @@ def stage1_teacher(
         if not allow_untrained:
             raise FileNotFoundError(
                 f"{level}-level teacher checkpoint not found: {path}. Train it first with "
-                f"`python -m monai.bundle run training --config_file configs/pretrain_teacher_{level}.yaml`, "
+                "`python -m monai.bundle run training --config_file "
+                f"\"['configs/pretrain.yaml','configs/pretrain_teacher_{level}.yaml']\"`, "
                 "or pass an existing file with --teacher_checkpoint <path>"
             )
         path = None
