@@ -35,6 +35,7 @@ def test_inference_mode_fused_path_equals_separate_expert_attentions(fusion):
         assert not torch.allclose(net.decode(net.encode(x)[1]), ref, atol=1e-3)  # the experts do matter
 
 
+@pytest.mark.slow  # compiling the tiny SamoraNet with inductor took about 10 min on the shared 2-core CPU
 def test_compile_matches_eager_logits():
     net = stage2_net("hl_attn_lite", img_size=32)
     x = torch.rand(2, 1, 32, 32)

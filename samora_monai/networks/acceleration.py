@@ -70,7 +70,7 @@ class CompiledNetwork(nn.Module):
             try:
                 return self._compiled(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - any compiler failure falls back to eager
-                self.failure = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                self.failure = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
                 name = type(self.network).__name__
                 warnings.warn(f"torch.compile failed, running {name} eagerly ({self.failure})", stacklevel=2)
         return self.network(*args, **kwargs)
