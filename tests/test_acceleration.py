@@ -90,3 +90,9 @@ def test_amp_dtypes_and_bf16_autocast_keeps_softmax_finite():
             low = net(x)
     assert low.dtype == torch.bfloat16 and torch.isfinite(low).all()
     assert (low.float() - ref).abs().max() < 0.1 * ref.abs().max()
+    with autocast("cpu", "bf16"):  # the training path (low-rank softmax) under autocast, with gradients
+        train_low = net(x)
+    train_low.float().square().mean().backward()
+    assert (train_low.float() - ref).abs().max() < 0.1 * ref.abs().max()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
