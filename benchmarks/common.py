@@ -37,7 +37,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--backbone", default="sam", choices=BACKBONES, help="sam (SAM 1 ViT) or sam2 (SAM 2.1 Hiera)")
-    p.add_argument("--variant", default="vit_b", help="vit_b|vit_l|vit_h|tiny (sam); hiera_t|hiera_s|hiera_b+|hiera_l (sam2)")
+    p.add_argument("--variant", default="vit_b", help="vit_b|vit_l|vit_h|tiny; hiera_t|hiera_s|hiera_b+|hiera_l")
     p.add_argument("--img_size", type=int, default=224)
     p.add_argument("--num_classes", type=int, default=8)
     p.add_argument("--compile", action="store_true", help="run the networks through torch.compile")
