@@ -117,7 +117,7 @@ def test_overlays_are_the_same_in_both_bundles_and_documented():
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_overlays_layer_on_train_and_inference(bundle, tmp_path):
     """Parsing only: the overlay's values reach both configs (same network settings in training and inference)."""
-    for name, (files, *_) in OVERLAYS.items():
+    for name in OVERLAYS:
         nets = []
         for base in ("train.yaml", "inference.yaml"):
             parser = ConfigParser()
@@ -152,7 +152,7 @@ def test_every_overlay_trains_and_its_model_infers(bundle, tmp_path, write_nifti
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-20000:]
     report = json.loads(proc.stdout.split("REPORT ", 1)[1])
     reference = nib.load(str(image))
-    for name, (files, trainable, loss, n_levels, rank, decoder, backbone) in OVERLAYS.items():
+    for name, (_, trainable, loss, n_levels, rank, decoder, backbone) in OVERLAYS.items():
         got = report[name]
         assert set(got["trainable"]) == trainable, name
         assert got["loss"] == loss, name

@@ -56,7 +56,8 @@ def test_sam2_stage1_stage2_and_inference_through_the_cli(tmp_path, write_nifti_
         bundle_run("training", ["pretrain.yaml", f"pretrain_{level}.yaml"], root, log_interval=1, **teacher,
                    **HEADS[level])
         record = read_expert_file(str(root / "models/experts" / f"{level}.pt"))
-        assert (record["level"], record["backbone"], record["variant"], record["img_size"]) == (level, "sam2", "tiny", 32)
+        got = (record["level"], record["backbone"], record["variant"], record["img_size"])
+        assert got == (level, "sam2", "tiny", 32)
         assert any(".trunk." in k for k in record["state_dict"]), "not a Hiera (SAM 2) expert"
 
     datalist = tmp_path / "datalist.json"
