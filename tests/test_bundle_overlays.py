@@ -175,3 +175,20 @@ def test_every_overlay_trains_and_its_model_infers(bundle, tmp_path, write_nifti
     assert recipes["hsam"] == {"learning_rate": 0.0025, "epochs": 1, "img_size": 32, "seed": 2345}
     assert recipes["hsam_la4"]["learning_rate"] == 0.0028 and recipes["hsam_promise3"]["learning_rate"] == 0.0026
     assert recipes["samed"]["learning_rate"] == 0.005 and recipes["hsamora"]["learning_rate"] == 0.0025
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+@pytest.mark.parametrize("level", ["image", "patch", "pixel"])
+def test_stage1_overlays_layer_on_the_student_workflows(bundle, level, tmp_path):
+    """sam2.yaml and ablations/rank_8.yaml also set up stage 1 (the experts must match the stage-2 network)."""
+    configs = bundle_dir(bundle) / "configs"
+    for overlay, expected in (("sam2.yaml", ("sam2", "hiera_t", 224, 4)), ("ablations/rank_8.yaml", ("sam", "vit_b",
+                                                                                                        224, 8))):
+        parser = ConfigParser()
+        parser.read_config([str(configs / f) for f in ("pretrain.yaml", f"pretrain_{level}.yaml", overlay)])
+        parser["bundle_root"] = str(tmp_path)
+        got = (parser.get("network_def#backbone", "sam"),
+               *(parser.get_parsed_content(f"network_def#{k}") for k in ("variant", "img_size", "lora_rank")))
+        assert got == expected, overlay
+        checkpoint = parser.get_parsed_content("sam_checkpoint")
+        assert checkpoint.endswith("/models/sam2.1_hiera_tiny.pt" if overlay == "sam2.yaml" else "sam_vit_b_01ec64.pth")
