@@ -185,7 +185,8 @@ def test_cli_null_overrides_and_failure_reason_as_last_line(tmp_path, bundles, t
     done = _cli([*config, *_args({**common, "resume_checkpoint": "null"})], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (root / "models" / "model.pt").is_file()
-    assert "latest_checkpoint_epoch=1.pt" in os.listdir(root / "models" / "checkpoints")  # started afresh
+    # started afresh (loading the stale file would have failed), and the stale file was pruned
+    assert os.listdir(root / "models" / "checkpoints") == ["latest_checkpoint_epoch=1.pt"]
     failed = _cli([*config, *_args({**common, "resume_checkpoint": "null", "allow_missing_experts": False})], tmp_path)
     assert failed.returncode != 0
     last = failed.stderr.strip().splitlines()[-1]
