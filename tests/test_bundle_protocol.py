@@ -82,6 +82,9 @@ def test_model_pt_is_the_last_epoch_network_without_validation_section(last_epoc
     assert all(torch.equal(model[k], last[k]) for k in model)
     assert any("to log fitting only" in m for m in messages), messages
     assert any("ABLATION (allow_missing_experts: true)" in m for m in messages)  # the no-stage-1 run says so
+    info = json.loads((root / "models" / "model_info.json").read_text())
+    assert info["ablation"].startswith("no stage 1") and info["stage1_experts"] == {}
+    assert info["model_selection"] == "last epoch" and info["fusion"] == "hl_attn"
 
 
 def test_validation_overlapping_training_is_refused(tmp_path, bundles, tiny, cases, write_json_datalist):

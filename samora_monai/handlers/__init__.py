@@ -7,7 +7,7 @@ from samora_monai.handlers.deliverable_writer import ExpertWriter, TeacherWriter
 from samora_monai.handlers.dual_loss import DualLossEpochHandler
 from samora_monai.handlers.finite_loss import StopOnNonFiniteLoss, batch_sources
 from samora_monai.handlers.learning_curve import LearningCurveWriter
-from samora_monai.handlers.model_selection import BestModelSaver, LastModelSaver
+from samora_monai.handlers.model_selection import BestModelSaver, LastModelSaver, ModelInfoWriter
 from samora_monai.handlers.model_weights import ModelCheckpointLoader, checkpoint_problem, load_model_weights
 from samora_monai.handlers.progress_bar import LossProgressBar
 from samora_monai.handlers.segmentation_report import SegmentationReportHandler
@@ -23,6 +23,7 @@ __all__ = [
     "LearningCurveWriter",
     "LossProgressBar",
     "ModelCheckpointLoader",
+    "ModelInfoWriter",
     "ResumeCheckpointLoader",
     "ResumeCheckpointSaver",
     "SegmentationReportHandler",

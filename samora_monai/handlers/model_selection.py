@@ -2,6 +2,8 @@
 
 - :class:`LastModelSaver`: writes the network after the last epoch of a completed run, atomically; a run stopped
   early (non-finite loss, exception) writes nothing.
+- :class:`ModelInfoWriter`: records how the model is made (experts or the "no stage 1" ablation, fusion, selection)
+  in a JSON file beside it;
 - :class:`BestModelSaver`: MONAI's key-metric ``CheckpointSaver`` (atomic) whose best score survives a resume: put
   it in the resume checkpoint's ``save_dict``/``load_dict`` and a resumed run only replaces ``model.pt`` with a
   better score.
@@ -9,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -22,7 +25,7 @@ from torch import nn
 from samora_monai.handlers.atomic_checkpoint import AtomicCheckpointSaver
 from samora_monai.utils import atomic_output
 
-__all__ = ["BestModelSaver", "LastModelSaver"]
+__all__ = ["BestModelSaver", "LastModelSaver", "ModelInfoWriter"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,24 @@ class LastModelSaver:
         with atomic_output(self.path) as tmp:
             torch.save(net.state_dict(), tmp)
         logger.info("saved the network after the last epoch (%d) to %s", engine.state.epoch, self.path)
+
+
+class ModelInfoWriter:
+    """Write ``info`` (JSON-serialisable; other values as ``str``) to ``path`` when the trainer starts, rank 0 only,
+    e.g. ``models/model_info.json`` saying whether ``model.pt`` has stage-1 experts or is the "no stage 1" ablation.
+    """
+
+    def __init__(self, path: str | os.PathLike, info: Mapping[str, Any]) -> None:
+        self.path, self.info = os.fspath(path), dict(info)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if _rank() > 0:
+            return
+        with atomic_output(self.path) as tmp, open(tmp, "w") as f:
+            json.dump(self.info, f, indent=1, default=str)
 
 
 class BestModelSaver(AtomicCheckpointSaver):
