@@ -195,3 +195,36 @@ def test_cli_null_overrides_and_failure_reason_as_last_line(tmp_path, bundles, t
     last = failed.stderr.strip().splitlines()[-1]
     assert last.startswith("samora_monai: run failed: FileNotFoundError: stage 2 needs the stage-1 experts"), last
     assert str(root / "models" / "experts") in last
+
+
+def test_selection_and_leakage_defaults(tmp_path):
+    """Published settings exclude their own test split, a datalist JSON none; validation items are the training
+    volumes (once each) without a validation section, refused when they are test cases."""
+    from samora_monai.data.bundle_data import published_test_splits, selects_model, validation_items
+
+    assert published_test_splits(None, "synapse_10pct") == ["synapse_test"]
+    assert published_test_splits("null", "promise12_3scans") == ["promise12_test"]
+    assert published_test_splits(str(tmp_path / "dl.json"), "synapse_full") == [] == published_test_splits(None, "btcv")
+    a, b, c = ({"image": f"/d/img000{i}.nii.gz", "label": f"/d/label000{i}.nii.gz"} for i in (1, 2, 3))
+    slices = [{**a, "slices": [1]}, {**a, "slices": [2]}, {**b, "slices": [0]}]
+    assert validation_items({"training": slices, "testing": [c]}) == [a, b]
+    assert not selects_model({"training": slices, "validation": []})
+    assert validation_items({"training": [a], "validation": [b], "testing": [c]}) == [b]
+    with pytest.raises(ValueError, match="img0003.nii.gz"):
+        validation_items({"training": [a], "validation": [c], "testing": [c]})
+    with pytest.raises(ValueError, match="synapse_test"):  # case 1 is a published Synapse test case
+        validation_items({"training": [b], "validation": [a]}, ["synapse_test"])
+
+
+def test_loss_resolution_and_stage1_modality_message(tmp_path):
+    from samora_monai.engines import unlabeled_dataset
+    from samora_monai.losses import LowResLoss, segmentation_loss, stage2_loss
+
+    loss = segmentation_loss()
+    assert stage2_loss(loss, "full") is loss and isinstance(stage2_loss(loss, "low"), LowResLoss)
+    with pytest.raises(ValueError, match="full"):
+        stage2_loss(loss, "half")
+    path = tmp_path / "unlabeled_datalist.json"
+    path.write_text(json.dumps({"settings": {"modality": "mr"}, "training": []}))
+    with pytest.raises(ValueError, match="pass --modality mr to the workflow"):
+        unlabeled_dataset(path, modality="ct")
