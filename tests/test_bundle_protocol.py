@@ -228,3 +228,16 @@ def test_loss_resolution_and_stage1_modality_message(tmp_path):
     path.write_text(json.dumps({"settings": {"modality": "mr"}, "training": []}))
     with pytest.raises(ValueError, match="pass --modality mr to the workflow"):
         unlabeled_dataset(path, modality="ct")
+
+
+def test_find_images_takes_dicom_series_folders(tmp_path):
+    from samora_monai.data.bundle_data import find_images
+
+    series = [tmp_path / "study" / name for name in ("s2", "s1")]
+    for folder in series:
+        folder.mkdir(parents=True)
+        (folder / "0001.dcm").write_bytes(b"")  # found by suffix; the reader checks the content
+    assert find_images(series[0]) == [str(series[0])]  # one series folder
+    assert find_images(tmp_path / "study") == sorted(str(s) for s in series)  # a folder of series folders
+    (tmp_path / "study" / "img.nii.gz").write_bytes(b"")
+    assert find_images(tmp_path / "study") == [str(tmp_path / "study" / "img.nii.gz")]  # NIfTI files win
