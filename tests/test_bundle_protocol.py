@@ -151,8 +151,12 @@ def test_inference_loads_the_experts_of_model_pt_without_warning(last_epoch_run,
     assert len(list((root / "pred").glob("*_seg.nii.gz"))) == 1
 
 
-def test_evaluate_runs_the_transunet_protocol(last_epoch_run, bundles, tiny):
-    root, datalist, _ = last_epoch_run
+def test_evaluate_runs_the_transunet_protocol_on_a_decathlon_datalist(last_epoch_run, bundles, tiny, cases,
+                                                                      write_json_datalist):
+    """Decathlon layout: unlabeled `testing` items are skipped, the labelled `validation` case is evaluated."""
+    root, _, _ = last_epoch_run
+    datalist = write_json_datalist(root / "decathlon.json", training=cases[:2], validation=cases[2:],
+                                   testing=[{"image": c["image"]} for c in cases])
     out = root / "eval_transunet"
     wf = _workflow(bundles, ["train.yaml", "evaluate.yaml"], "eval", **tiny, bundle_root=str(root),
                    datalist=datalist, protocol="transunet", output_dir=str(out))
@@ -241,3 +245,15 @@ def test_find_images_takes_dicom_series_folders(tmp_path):
     assert find_images(tmp_path / "study") == sorted(str(s) for s in series)  # a folder of series folders
     (tmp_path / "study" / "img.nii.gz").write_bytes(b"")
     assert find_images(tmp_path / "study") == [str(tmp_path / "study" / "img.nii.gz")]  # NIfTI files win
+
+
+@pytest.mark.parametrize("workflow", ["pretrain_teacher_image", "pretrain_teacher_patch"])
+def test_teacher_configs_take_pretrained_weights(bundles, workflow, tmp_path):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    configs = bundles["la"] / "configs"
+    parser.read_config([str(configs / "pretrain.yaml"), str(configs / f"{workflow}.yaml")])
+    assert parser.get_parsed_content("network_def#pretrained") is None  # random start by default
+    parser["teacher_pretrained"] = str(tmp_path / "weights.pth")
+    assert parser.get_parsed_content("network_def#pretrained") == str(tmp_path / "weights.pth")
