@@ -137,7 +137,7 @@ def validation_items(
     try:
         check_leakage([str(item["image"]) for item in items], exclude, datalist, ("training", "testing"))
     except ValueError as e:
-        detail = str(e).split(": ", 1)[-1].split(". Remove them", 1)[0]
+        detail = str(e).split("as unlabeled data: ", 1)[-1].split(". Remove them", 1)[0]  # the matched volumes
         raise ValueError(
             f"the datalist's 'validation' section overlaps the training items or the test split ({detail}); "
             "model.pt would be selected with labels outside the training budget. Give validation cases that are "
