@@ -140,11 +140,15 @@ def trainable_parameters(net: nn.Module) -> list[nn.Parameter]:
     return params
 
 
+def _present(folder: str | os.PathLike, levels: Sequence[str]) -> dict[str, str]:
+    paths = {level: os.path.join(folder, f"{level}.pt") for level in levels}
+    return {level: path for level, path in paths.items() if os.path.isfile(path)}
+
+
 def expert_files(folder: str | os.PathLike, levels: Sequence[str] = DEFAULT_LEVELS) -> dict[str, str]:
     """``{level: "<folder>/<level>.pt"}`` for the stage-1 expert files that exist (none: stage 2 runs on the
     zero-initialised experts, i.e. the plain SAM encoder)."""
-    found = {level: os.path.join(folder, f"{level}.pt") for level in levels}
-    found = {level: path for level, path in found.items() if os.path.isfile(path)}
+    found = _present(folder, levels)
     if found:
         logger.info("stage-1 experts: %s", found)
     else:
@@ -168,7 +172,7 @@ def stage2_experts(
     A missing file is an error naming ``folder`` and the stage-1 command, unless ``allow_missing`` (the "no stage
     1" ablation): then the missing experts stay at their zero initialisation and the log says ABLATION.
     """
-    found = expert_files(folder, levels)
+    found = _present(folder, levels)
     missing = [f"{level}.pt" for level in levels if level not in found]
     if missing and not as_bool(allow_missing):
         raise FileNotFoundError(f"stage 2 needs the stage-1 experts: {missing} missing in {os.fspath(folder)}; "
@@ -178,6 +182,7 @@ def stage2_experts(
             "ABLATION (allow_missing_experts: true): no stage-1 experts %s in %s; they stay at their zero "
             "initialisation (SAM + HL-Attn, not SAMora)", missing, os.fspath(folder)
         )
+    logger.info("stage-1 experts: %s", found)
     return found
 
 
