@@ -25,9 +25,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 BUNDLES = {"synapse": bundle_dir("samora_synapse"), "la": bundle_dir("samora_la")}
-# bundle overrides every bundle test uses: tiny SAM at 64 px with random weights, 1 epoch, no worker processes
+# bundle overrides every bundle test uses: tiny SAM at 64 px with random weights, 1 epoch, no worker processes, stage 2
+# without stage-1 expert files (the "no stage 1" ablation; tests that need the experts give them)
 TINY = {"variant": "tiny", "img_size": 64, "random_init": True, "epochs": 1, "batch_size": 4, "num_workers": 0,
-        "slice_batch_size": 8}
+        "slice_batch_size": 8, "allow_missing_experts": True}
 # a 2-layer MAE teacher at 64 px
 TINY_MAE = {"img_size": 64, "hidden_size": 32, "mlp_dim": 64, "num_layers": 2, "num_heads": 4,
             "decoder_hidden_size": 32, "decoder_mlp_dim": 64, "decoder_num_layers": 1, "decoder_num_heads": 4}

@@ -241,7 +241,7 @@ def test_network_def_takes_expert_files_and_sam_checkpoint_from_models(tmp_path,
 
     def build(**override):
         parser = ConfigParser()
-        parser.read_config(str(bundle_dir("samora_synapse") / "configs" / "inference.yaml"))
+        parser.read_config(str(bundle_dir("samora_synapse") / "configs" / "train.yaml"))  # inference: model.pt only
         parser.update({**tiny, "bundle_root": str(tmp_path), **override})
         return parser.get_parsed_content("network_def")
 

@@ -35,14 +35,6 @@ BUNDLE = bundle_dir("samora_synapse")
 NAME = "samora_synapse"
 ORGANS = ["spleen", "right kidney", "left kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas"]
 SHAPE = (48, 48, 8)
-# the sidecar writer, added to train.yaml's handlers until the bundle's own train.yaml lists it
-META_HANDLER = {
-    "_target_": "samora_monai.handlers.ModelMetaWriter",
-    "network": "@network",
-    "model_file": "$@ckpt_dir + '/model.pt'",
-    "class_names": "@class_names",
-    "sam_checkpoint": "@network_def#sam_checkpoint",
-}
 
 
 def _save(array: np.ndarray, path: Path, affine: np.ndarray | None = None) -> Path:
@@ -77,9 +69,6 @@ def workspace(tmp_path_factory, phantom, tiny):
     bundle = root / NAME
     shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("eval", "models", "__pycache__"))
     configs = ["configs/train.yaml"]
-    if "ModelMetaWriter" not in (bundle / "configs" / "train.yaml").read_text():
-        (root / "meta_handler.json").write_text(json.dumps({"+train#handlers": [META_HANDLER]}))
-        configs.append(str(root / "meta_handler.json"))
     train = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(configs)]
     train += ["--bundle_root", str(bundle), "--datalist", str(datalist), "--epochs", "1", "--batch_size", "4"]
     server_tiny = {k: tiny[k] for k in ("variant", "img_size", "random_init", "num_workers")}

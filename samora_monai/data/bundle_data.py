@@ -13,7 +13,13 @@ to the JSON's folder) or, when ``datalist`` is None, from a named setting built 
 ``la_h5``          the first ``num_labeled`` (default 4) LA scans of ``la_train``, 20 test scans
 ``msd_heart``      MSD Task02_Heart NIfTI: first ``num_labeled`` (default 4) training, next
                    ``num_validation`` (default 2) validation
+``promise12_3scans`` PROMISE12: the 58 published slices of 3 scans (H-SAM), 10 test scans
+``promise12_full``   PROMISE12: the 40 non-test labelled scans, 10 test scans
 =================  ================================================================================
+
+Model selection (:func:`selects_model`, :func:`validation_items`): ``models/model.pt`` is chosen on validation
+scores only when the datalist has a ``validation`` section whose cases are neither training nor test cases;
+otherwise training validates on the training volumes to log fitting, and ``model.pt`` is the last-epoch network.
 """
 
 from __future__ import annotations
@@ -28,18 +34,32 @@ from monai.data import load_decathlon_datalist
 from monai.utils import ensure_tuple
 
 from samora_monai.data import (
+    PROMISE12_SETTINGS,
     btcv_datalist,
     la_datalist,
     msd_heart_datalist,
     named_datalist,
     transunet_synapse_datalist,
 )
+from samora_monai.data.dicom import is_dicom_input
+from samora_monai.data.leakage import check_leakage
+from samora_monai.utils import optional_value
 
-__all__ = ["SETTINGS", "datalist_section", "find_images", "load_datalist"]
+__all__ = [
+    "SETTINGS",
+    "datalist_section",
+    "find_images",
+    "load_datalist",
+    "published_test_splits",
+    "selects_model",
+    "validation_items",
+]
 
 logger = logging.getLogger(__name__)
 
-SETTINGS = ("synapse_full", "synapse_10pct", "la_4scans", "btcv", "transunet", "la_h5", "msd_heart")
+PUBLISHED = ("synapse_full", "synapse_10pct", "la_4scans", *PROMISE12_SETTINGS)  # settings with a published test split
+SETTINGS = (*PUBLISHED, "btcv", "transunet", "la_h5", "msd_heart")
+TEST_SPLIT_OF = {"synapse": "synapse_test", "la": "la_test", "promise12": "promise12_test"}
 SECTIONS = ("training", "validation", "testing", "unlabeled")
 
 
@@ -53,6 +73,7 @@ def load_datalist(
 
     ``setting_args`` go to the setting's builder (e.g. ``num_labeled``, ``num_validation`` for ``msd_heart``).
     """
+    datalist = optional_value(datalist)  # --datalist null
     if datalist is not None:
         path = os.fspath(datalist)
         if not os.path.isfile(path):
@@ -70,7 +91,7 @@ def load_datalist(
         raise ValueError("give either a datalist JSON file or both dataset_dir and a named setting")
     if not os.path.isdir(dataset_dir):
         raise FileNotFoundError(f"dataset_dir not found: {dataset_dir}")
-    if setting in ("synapse_full", "synapse_10pct", "la_4scans"):
+    if setting in PUBLISHED:
         return named_datalist(setting, dataset_dir)
     if setting == "btcv":
         return btcv_datalist(dataset_dir, None)
@@ -83,6 +104,58 @@ def load_datalist(
             dataset_dir, setting_args.get("num_labeled", 4), setting_args.get("num_validation", 2)
         )
     raise ValueError(f"unknown setting {setting!r}; known: {SETTINGS}")
+
+
+def published_test_splits(datalist: str | os.PathLike | None, setting: str | None) -> list[str]:
+    """The published test split a named ``setting`` is evaluated on (``["synapse_test"]`` for ``synapse_10pct``), for
+    the leakage guard's ``exclude``; ``[]`` when a datalist JSON is given (its own ``testing``/``validation`` items
+    are the held-out cases) or the setting has no published split."""
+    if optional_value(datalist) is not None or setting not in PUBLISHED:
+        return []
+    return [TEST_SPLIT_OF[str(setting).split("_")[0]]]
+
+
+def selects_model(datalist: dict[str, list[dict]]) -> bool:
+    """Whether training selects ``model.pt`` on validation scores: only with a ``validation`` section."""
+    return bool(datalist.get("validation"))
+
+
+def validation_items(
+    datalist: dict[str, list[dict]], exclude: Sequence[str] = (), keys: Sequence[str] = ("image", "label")
+) -> list[dict]:
+    """The whole volumes training validates on: the ``validation`` items, refused (``ValueError``) when one of them
+    is a ``training`` or ``testing`` case of the datalist or of the published splits in ``exclude``, since choosing
+    ``model.pt`` on them would use labels outside the training budget; without a ``validation`` section, the
+    training volumes (their scores are logged to watch fitting and never select a model)."""
+    if not selects_model(datalist):
+        logger.info(
+            "no 'validation' section: validation runs on the training volumes to log fitting only; models/model.pt "
+            "is the network after the last epoch"
+        )
+        return _volumes(datalist_section(datalist, "training", keys=keys))
+    items = datalist_section(datalist, "validation", keys=keys)
+    try:
+        check_leakage([str(item["image"]) for item in items], exclude, datalist, ("training", "testing"))
+    except ValueError as e:
+        detail = str(e).split("as unlabeled data: ", 1)[-1].split(". Remove them", 1)[0]  # the matched volumes
+        raise ValueError(
+            f"the datalist's 'validation' section overlaps the training items or the test split ({detail}); "
+            "model.pt would be selected with labels outside the training budget. Give validation cases that are "
+            "neither training nor test cases, or remove the 'validation' section (model.pt is then the last-epoch "
+            "network)"
+        ) from None
+    return items
+
+
+def _volumes(items: list[dict]) -> list[dict]:
+    """``items`` without repeats (several training items may point at slices of one volume)."""
+    seen, out = set(), []
+    for item in items:
+        key = (str(item["image"]), str(item.get("label")))
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+    return out
 
 
 def datalist_section(
@@ -113,13 +186,19 @@ def datalist_section(
 def find_images(
     images: str | os.PathLike | Sequence[str | os.PathLike], patterns: Sequence[str] = ("*.nii.gz", "*.nii")
 ) -> list[str]:
-    """Image files to infer: a folder (its files matching ``patterns``, sorted), one file, or a list of files.
+    """Image files to infer: a folder (its files matching ``patterns``, sorted), one file, or a list of files. A DICOM
+    series folder (or a folder of series folders) gives the series folders, read by MONAI's DICOM reader.
 
     Missing files are reported by the loader (``LoadVolumed``) with their path; an empty folder raises here.
     """
     if isinstance(images, (str, os.PathLike)):
         path = os.fspath(images)
+        if os.path.isdir(path) and is_dicom_input(path):
+            return [path]
         if os.path.isdir(path):
+            series = sorted(e.path for e in os.scandir(path) if e.is_dir() and is_dicom_input(e.path))
+            if series and not any(glob.glob(os.path.join(path, p)) for p in patterns):
+                return series
             found = sorted({f for p in patterns for f in glob.glob(os.path.join(path, p))})
             if not found:
                 raise FileNotFoundError(f"no images matching {list(patterns)} in {path}")

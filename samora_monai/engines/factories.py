@@ -31,6 +31,7 @@ __all__ = [
     "latest_checkpoint",
     "stage1_student",
     "stage1_teacher",
+    "stage2_experts",
     "stage2_network",
     "trainable_parameters",
     "unlabeled_dataset",
@@ -61,8 +62,8 @@ def unlabeled_dataset(
     prepared = settings.get("modality")
     if modality is not None and prepared is not None and str(prepared).lower() != str(modality).lower():
         raise ValueError(
-            f"{path}: slices were prepared with modality {prepared!r} but this bundle expects {modality!r}; "
-            f"prepare them again with --modality {modality}"
+            f"{path}: slices were prepared with modality {prepared!r} but the workflow runs with {modality!r}; "
+            f"pass --modality {prepared} to the workflow (or prepare them again with --modality {modality})"
         )
     dataset = UnlabeledSliceDataset(path, transform)
     logger.info("stage-1 data: %d slices from %s (prepared at %s px)", len(dataset), path, settings.get("spatial_size"))
@@ -140,15 +141,49 @@ def trainable_parameters(net: nn.Module) -> list[nn.Parameter]:
     return params
 
 
+def _present(folder: str | os.PathLike, levels: Sequence[str]) -> dict[str, str]:
+    paths = {level: os.path.join(folder, f"{level}.pt") for level in levels}
+    return {level: path for level, path in paths.items() if os.path.isfile(path)}
+
+
 def expert_files(folder: str | os.PathLike, levels: Sequence[str] = DEFAULT_LEVELS) -> dict[str, str]:
     """``{level: "<folder>/<level>.pt"}`` for the stage-1 expert files that exist (none: stage 2 runs on the
     zero-initialised experts, i.e. the plain SAM encoder)."""
-    found = {level: os.path.join(folder, f"{level}.pt") for level in levels}
-    found = {level: path for level, path in found.items() if os.path.isfile(path)}
+    found = _present(folder, levels)
     if found:
         logger.info("stage-1 experts: %s", found)
     else:
         logger.warning("no stage-1 expert files in %s: the experts stay at their zero initialisation", folder)
+    return found
+
+
+STAGE1_HINT = (
+    "run stage 1 first: the five workflows of docs/pretraining.md, each `python -m monai.bundle run training "
+    "--config_file \"['configs/pretrain.yaml','configs/pretrain_<name>.yaml']\"` (teacher_image, teacher_patch, "
+    "image, patch, pixel), which write them there; or point --expert_dir at the folder holding image.pt, patch.pt "
+    "and pixel.pt, or set --allow_missing_experts true for the 'no stage 1' ablation (SAM + HL-Attn, not SAMora)"
+)
+
+
+def stage2_experts(
+    folder: str | os.PathLike, allow_missing: bool | str = False, levels: Sequence[str] = DEFAULT_LEVELS
+) -> dict[str, str]:
+    """``{level: "<folder>/<level>.pt"}`` of the stage-1 expert files stage 2 trains on.
+
+    A missing file is an error naming ``folder`` and the stage-1 command, unless ``allow_missing`` (the "no stage
+    1" ablation): then the missing experts stay at their zero initialisation and the log says ABLATION.
+    """
+    found = _present(folder, levels)
+    missing = [f"{level}.pt" for level in levels if level not in found]
+    if missing and not as_bool(allow_missing):
+        raise FileNotFoundError(f"stage 2 needs the stage-1 experts: {missing} missing in {os.fspath(folder)}; "
+                                f"{STAGE1_HINT}")
+    if missing:
+        logger.warning(
+            "ABLATION (allow_missing_experts: true): no stage-1 experts %s in %s; they stay at their zero "
+            "initialisation (SAM + HL-Attn, not SAMora)", missing, os.fspath(folder)
+        )
+    logger.info("stage-1 experts: %s", found)
     return found
 
 

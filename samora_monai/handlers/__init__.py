@@ -8,6 +8,7 @@ from samora_monai.handlers.dual_loss import DualLossEpochHandler
 from samora_monai.handlers.finite_loss import StopOnNonFiniteLoss, batch_sources
 from samora_monai.handlers.learning_curve import LearningCurveWriter
 from samora_monai.handlers.model_meta import ModelMetaWriter
+from samora_monai.handlers.model_selection import BestModelSaver, LastModelSaver
 from samora_monai.handlers.model_weights import ModelCheckpointLoader, checkpoint_problem, load_model_weights
 from samora_monai.handlers.progress_bar import LossProgressBar
 from samora_monai.handlers.segmentation_report import SegmentationReportHandler
@@ -16,8 +17,10 @@ from samora_monai.handlers.utils import engine_loss, log_every
 __all__ = [
     "AtomicCheckpointSaver",
     "AtomicDiskSaver",
+    "BestModelSaver",
     "DualLossEpochHandler",
     "ExpertWriter",
+    "LastModelSaver",
     "LearningCurveWriter",
     "LossProgressBar",
     "ModelCheckpointLoader",

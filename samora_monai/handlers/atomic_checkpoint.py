@@ -90,6 +90,8 @@ class AtomicCheckpointSaver(CheckpointSaver):
         super().interval_completed(engine)
         if self.keep is None or idist.get_rank() != 0:
             return
-        for old in resume_files(self.save_dir, self._interval_checkpoint.filename_prefix)[: -self.keep]:
+        # by write time: a stale higher-numbered file of an earlier run (--resume_checkpoint null) goes, the new stays
+        files = sorted(resume_files(self.save_dir, self._interval_checkpoint.filename_prefix), key=os.path.getmtime)
+        for old in files[: -self.keep]:
             os.remove(old)
             self.logger.info(f"Pruned older checkpoint: {old}")

@@ -1,8 +1,10 @@
 """``models/model_meta.json``: how the network in ``models/model.pt`` was built, written beside it.
 
 ``model.pt`` is a bare state dict; the sidecar records what a consumer needs to rebuild the same network
-(backbone, variant, input size, classes, experts, fusion, decoder) and whether the SAM weights were random or came
-from a named official checkpoint. ``monailabel_install`` reads it to configure the installed bundle.
+(backbone, variant, input size, classes, experts, fusion, decoder), whether the SAM weights were random or came
+from a named official checkpoint, and how the run made it (``training``: stage-1 experts or the "no stage 1"
+ablation, fusion init, model selection, loss resolution). ``monailabel_install`` reads it to configure the
+installed bundle.
 """
 
 from __future__ import annotations
@@ -43,10 +45,12 @@ def model_meta(
     """The sidecar content for a ``SamoraNet`` (a DDP wrapper is unwrapped).
 
     ``sam_checkpoint`` is the checkpoint the network was built from (its file name is recorded) or None for random
-    SAM weights (``random_init: true``). ``class_names`` are the foreground classes: output channel ``i + 1`` is
-    ``class_names[i]`` (channel 0 is background).
+    SAM weights (``random_init: true``, which a network's ``sam_source`` also tells). ``class_names`` are the
+    foreground classes: output channel ``i + 1`` is ``class_names[i]`` (channel 0 is background).
     """
     network = getattr(network, "module", network)
+    if getattr(network, "sam_source", None) == "random_init":  # SamoraNet ignored sam_checkpoint
+        sam_checkpoint = None
     missing = [f for f in NETWORK_FIELDS if not hasattr(network, f)]
     if missing:
         raise TypeError(f"model_meta needs a SamoraNet; {type(network).__name__} has no {missing}")
@@ -95,7 +99,8 @@ class ModelMetaWriter:
     network that produced the current ``model.pt`` and never sits beside an older one.
 
     Attach it after the ``ValidationHandler`` whose evaluator saves ``model_file`` (e.g. last in
-    ``train#handlers``), with ``sam_checkpoint: '@network_def#sam_checkpoint'`` (None under ``random_init``).
+    ``train#handlers``), with ``sam_checkpoint: '@network_def#sam_checkpoint'`` (None under ``random_init``);
+    ``training`` is recorded as the sidecar's ``"training"`` entry.
     """
 
     def __init__(
@@ -104,9 +109,12 @@ class ModelMetaWriter:
         model_file: str | os.PathLike,
         class_names: Sequence[str],
         sam_checkpoint: str | os.PathLike | None,
+        training: Mapping[str, Any] | None = None,
     ) -> None:
         self.model_file = Path(model_file)
         self.meta = model_meta(network, class_names, sam_checkpoint)
+        if training:  # JSON values as they are, anything else (paths, tuples) as text
+            self.meta["training"] = json.loads(json.dumps(dict(training), default=str))
         self._seen: int | None = None
 
     @property

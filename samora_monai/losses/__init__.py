@@ -3,7 +3,7 @@ decoder resolution)."""
 
 from samora_monai.losses.distance import DISTANCES, feature_distance
 from samora_monai.losses.dual import DualStageLoss, dual_loss_weight
-from samora_monai.losses.low_res import LowResLoss, zoom_nearest
+from samora_monai.losses.low_res import LOSS_RESOLUTIONS, LowResLoss, stage2_loss, zoom_nearest
 from samora_monai.losses.segmentation import segmentation_loss
 from samora_monai.losses.ssl import (
     Encode,
@@ -17,6 +17,7 @@ from samora_monai.losses.ssl import (
 
 __all__ = [
     "DISTANCES",
+    "LOSS_RESOLUTIONS",
     "DualStageLoss",
     "Encode",
     "ImageLevelLoss",
@@ -29,5 +30,6 @@ __all__ = [
     "gather_tokens",
     "mask_patches",
     "segmentation_loss",
+    "stage2_loss",
     "zoom_nearest",
 ]

@@ -17,9 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
+from monai.utils import look_up_option
 from torch import nn
 
-__all__ = ["LowResLoss", "zoom_nearest"]
+__all__ = ["LOSS_RESOLUTIONS", "LowResLoss", "stage2_loss", "zoom_nearest"]
+
+LOSS_RESOLUTIONS = ("full", "low")
 
 
 def _nearest_index(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
@@ -60,3 +63,12 @@ class LowResLoss(nn.Module):
         if label.ndim != logits.ndim or label.shape[0] != logits.shape[0]:
             raise ValueError(f"label {tuple(label.shape)} does not match logits {tuple(logits.shape)}")
         return self.loss(logits, zoom_nearest(label, logits.shape[-2:]))
+
+
+def stage2_loss(
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], resolution: str = "full"
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The stage-2 loss at ``resolution``: ``"full"`` (``loss`` on the logits at the image size) or ``"low"``
+    (:class:`LowResLoss`, on the decoder's low-resolution logits as SAMed/H-SAM; the trainer's inferer must then be
+    :class:`~samora_monai.inferers.AuxOutputInferer`)."""
+    return loss if look_up_option(resolution, LOSS_RESOLUTIONS) == "full" else LowResLoss(loss)
