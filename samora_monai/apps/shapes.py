@@ -1,4 +1,5 @@
-"""Random shapes and textures on CT-like backgrounds: class-agnostic promptable-segmentation data for the stand-in.
+"""Random shapes and textures on CT-like backgrounds, and automatic regions of unlabeled images: class-agnostic
+promptable-segmentation data for the stand-in.
 
 Every sample is a pure function of its random generator: a background (a slice of an unlabeled image, or a
 synthetic body outline with smooth texture), then 2 to ``max_shapes`` shapes painted on top of each other, each an
@@ -13,8 +14,8 @@ import numpy as np
 from matplotlib.path import Path as PolygonPath
 from scipy import ndimage
 
-__all__ = ["SHAPE_KINDS", "smooth_noise", "synthetic_background", "random_shape", "shape_sample", "box_prompt",
-           "point_prompt"]
+__all__ = ["SHAPE_KINDS", "smooth_noise", "synthetic_background", "random_shape", "shape_sample", "region_sample",
+           "box_prompt", "point_prompt"]
 
 SHAPE_KINDS = ("ellipse", "polygon", "blob")
 
@@ -110,3 +111,21 @@ def point_prompt(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
     ys, xs = np.nonzero(mask)
     i = int(rng.integers(len(xs)))
     return np.array([xs[i], ys[i]], dtype=np.float32)
+
+
+def region_sample(
+    rng: np.random.Generator, image: np.ndarray, max_masks: int = 6, min_area: int = 12, max_fraction: float = 0.3
+) -> tuple[np.ndarray, np.ndarray]:
+    """Automatic class-agnostic masks of an unlabeled image [S, S] in [0, 1]: Felzenszwalb's graph-based regions at
+    a random scale (computed from the image alone), up to ``max_masks`` of them between ``min_area`` pixels and
+    ``max_fraction`` of the image. Returns the image and masks [N, S, S] bool (N >= 1; the whole non-air area when
+    no region fits)."""
+    from skimage.segmentation import felzenszwalb
+
+    regions = felzenszwalb(image, scale=float(rng.uniform(100, 1000)), sigma=0.5, min_size=4 * min_area)
+    ids, areas = np.unique(regions, return_counts=True)
+    fitting = ids[(areas >= min_area) & (areas <= max_fraction * image.size)]
+    if not len(fitting):
+        return image, (image > 0.02)[None]
+    chosen = rng.choice(fitting, size=min(max_masks, len(fitting)), replace=False)
+    return image, np.stack([regions == i for i in chosen])

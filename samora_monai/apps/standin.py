@@ -9,7 +9,9 @@ head) in two short, seeded phases, in the spirit of SAM's origins:
     and case ids that no demo case uses (:func:`standin_cases`, :func:`standin_slices`);
 (b) promptable class-agnostic segmentation (boxes and points through the real prompt encoder) of random ellipses,
     polygons and blobs with random intensities, textures and noise, painted on those unlabeled slices or on
-    synthetic CT-like backgrounds (:mod:`samora_monai.apps.shapes`); the shapes' own masks are the only targets.
+    synthetic CT-like backgrounds, and (a ``region_fraction`` of the samples) of automatic regions of the unlabeled
+    slices, computed from the image alone by a graph-based over-segmentation, like SAM's fully automatic masks
+    (:mod:`samora_monai.apps.shapes`); the shapes' own masks and those regions are the only targets.
 
 No organ label, and no image of a demo training or held-out case, reaches it. The result is written atomically as
 an official-format SAM state dict (keys ``image_encoder.*``, ``prompt_encoder.*``, ``mask_decoder.*``, as
@@ -63,6 +65,7 @@ class StandinSettings:
     mask_ratio: float = 0.6
     num_shape_samples: int = 400
     synthetic_background_fraction: float = 0.3
+    region_fraction: float = 0.0  # share of promptable samples that are automatic regions of an unlabeled slice
     max_shapes: int = 6
     max_prompts: int = 4
     seed: int = 0
@@ -108,10 +111,13 @@ def shape_samples(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """``settings.num_shape_samples`` (image [S, S], masks [N, S, S]) pairs of random shapes, painted on a random
     slice of ``backgrounds`` [M, S, S] or on a synthetic background."""
-    from samora_monai.apps.shapes import shape_sample
+    from samora_monai.apps.shapes import region_sample, shape_sample
 
     samples = []
     for _ in range(settings.num_shape_samples):
+        if rng.random() < settings.region_fraction:
+            samples.append(region_sample(rng, backgrounds[rng.integers(len(backgrounds))], settings.max_shapes))
+            continue
         synthetic = rng.random() < settings.synthetic_background_fraction
         background = None if synthetic else backgrounds[rng.integers(len(backgrounds))]
         samples.append(shape_sample(rng, settings.img_size, background, settings.max_shapes))
