@@ -57,8 +57,8 @@ class StandinSettings:
     variant: str = "tiny"
     num_volumes: int = 8
     depth: int = 40  # slices per volume
-    mim_steps: int = 300
-    seg_steps: int = 500
+    mim_steps: int = 1500
+    seg_steps: int = 300
     batch_size: int = 8
     mim_lr: float = 1.5e-3
     seg_lr: float = 1e-3
@@ -115,7 +115,7 @@ def shape_samples(
 
     samples = []
     for _ in range(settings.num_shape_samples):
-        if rng.random() < settings.region_fraction:
+        if settings.region_fraction > 0 and rng.random() < settings.region_fraction:
             samples.append(region_sample(rng, backgrounds[rng.integers(len(backgrounds))], settings.max_shapes))
             continue
         synthetic = rng.random() < settings.synthetic_background_fraction
