@@ -7,10 +7,9 @@ import pytest
 import torch
 from segment_anything.build_sam import _build_sam
 
-from samora_monai.apps import standin
+from samora_monai.apps import phantom, standin
 from samora_monai.apps.shapes import box_prompt, point_prompt, region_sample, shape_sample
 from samora_monai.apps.standin_train import build_standin_sam, masked_image_modeling, promptable_segmentation
-from samora_monai.apps import phantom
 from samora_monai.networks import SamoraNet
 from samora_monai.networks.sam_backbone import CLASS_DEPENDENT_DECODER_KEYS, read_checkpoint
 
