@@ -169,8 +169,8 @@ def unlabeled_root(tmp_path) -> Path:
 @pytest.mark.slow
 def test_stage1_sigkill_mid_epoch_resumes(unlabeled_root, tmp_path):
     root, probe = unlabeled_root, tmp_path / "probe"
-    configs = [str(BUNDLES["synapse"] / "configs" / "pretrain_pixel.yaml"),
-               write_overlay(tmp_path / "probe.yaml", probe, "@expert")]  # fmt: skip
+    configs = [*(str(BUNDLES["synapse"] / "configs" / f) for f in ("pretrain.yaml", "pretrain_pixel.yaml")),
+               write_overlay(tmp_path / "probe.yaml", probe, "@checkpoint_modules#expert")]  # fmt: skip
     cmd = bundle_command(configs, ["--bundle_root", str(root), *TINY, "--log_interval", "1",
                                    "--head#channels", "[8,8,8,8]"])  # fmt: skip
     ckpt_dir = root / "models" / "pretrain" / "pixel"

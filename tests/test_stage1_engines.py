@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from monai.bundle import ConfigParser
 from monai.bundle.properties import TrainProperties
 from monai.data import DataLoader, Dataset
 from monai.utils import BundleProperty, BundlePropertyConfig
 
+from samora_monai.apps.stage1_pipeline import stage1_configs
 from samora_monai.engines import (
     SelfSupervisedTrainer,
     StudentLoss,
@@ -170,7 +170,7 @@ def test_stage1_teacher_rule(tmp_path):
 
 def test_student_config_without_teacher_checkpoint_fails_clearly(tmp_path):
     parser = ConfigParser()
-    parser.read_config(str(BUNDLES["samora_synapse"] / "configs/pretrain_image.yaml"))
+    parser.read_config([str(f) for f in stage1_configs(BUNDLES["samora_synapse"] / "configs", "pretrain_image")])
     parser.update({"bundle_root": str(tmp_path), "variant": "tiny", "img_size": 64, "random_init": True})
     with pytest.raises(RuntimeError) as err:
         parser.get_parsed_content("teacher")
@@ -184,7 +184,11 @@ def test_student_config_without_teacher_checkpoint_fails_clearly(tmp_path):
 
 @pytest.mark.parametrize("workflow", WORKFLOWS)
 def test_configs_are_zoo_style_and_bundles_differ_only_in_dataset_values(workflow):
-    configs = {name: yaml.safe_load((p / "configs" / f"{workflow}.yaml").read_text()) for name, p in BUNDLES.items()}
+    configs = {}
+    for name, p in BUNDLES.items():  # the base pretrain.yaml with the workflow's overlay merged in
+        merged = ConfigParser()
+        merged.read_config([str(f) for f in stage1_configs(p / "configs", workflow)])
+        configs[name] = merged.config
     syn, la = configs["samora_synapse"], configs["samora_la"]
     assert syn["modality"] == "ct" and la["modality"] == "mr"
     differing = {k for k in syn.keys() | la.keys() if syn.get(k) != la.get(k)}
@@ -200,4 +204,5 @@ def test_configs_are_zoo_style_and_bundles_differ_only_in_dataset_values(workflo
     assert [i for i in required if i not in parser] == []  # the zoo's required train ids (ConfigWorkflow)
     assert parser["train#handlers"][0]["_target_"].endswith("ResumeCheckpointLoader")  # before the writer (last)
     assert parser["train#handlers"][-1] == "@train#writer"
-    assert parser["output_dir"].endswith(f"'/eval/{workflow}'")
+    parser["bundle_root"] = "root"
+    assert parser.get_parsed_content("output_dir") == f"root/eval/{workflow}"
