@@ -51,6 +51,7 @@ def test_one_held_out_file_in_testing_and_validation_stays_a_case():
     datalist = {"testing": held_out, "validation": held_out}
     train = ["/d/imagesTr/img0005.nii.gz", "/d/imagesTr/img0006.nii.gz"]
     check_leakage(train, exclude=[], datalist=datalist)
+    check_leakage(train, exclude=["synapse_test", "img0001"], datalist=datalist)  # the demo's exclude: same case
     with pytest.raises(ValueError, match=r"1 volume\(s\).*img0001.nii.gz \(/d/imagesTr/img0001.nii.gz of the data"):
         check_leakage([*train, "/d/imagesTr/img0001.nii.gz"], exclude=[], datalist=datalist)
 
