@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,20 +20,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.bundle import ConfigParser
+from tiny_settings import BUNDLES, ENV, TINY, TINY_MAE
 
 from samora_monai.utils import bundle_dir
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-BUNDLES = {"synapse": bundle_dir("samora_synapse"), "la": bundle_dir("samora_la")}
-# bundle overrides every bundle test uses: tiny SAM at 64 px with random weights, 1 epoch, no worker processes, stage 2
-# without stage-1 expert files (the "no stage 1" ablation; tests that need the experts give them)
-TINY = {"variant": "tiny", "img_size": 64, "random_init": True, "epochs": 1, "batch_size": 4, "num_workers": 0,
-        "slice_batch_size": 8, "allow_missing_experts": True}
-# a 2-layer MAE teacher at 64 px
-TINY_MAE = {"img_size": 64, "hidden_size": 32, "mlp_dim": 64, "num_layers": 2, "num_heads": 4,
-            "decoder_hidden_size": 32, "decoder_mlp_dim": 64, "decoder_num_layers": 1, "decoder_num_heads": 4}
 VOLUME_SHAPE = (32, 24, 8)  # (X, Y, Z), deliberately non-square
 VOLUME_AFFINE = np.array([[0.8, 0, 0, -10.0], [0, 0.7, 0, 5.0], [0, 0, 2.5, 30.0], [0, 0, 0, 1]])
 PHANTOM_SHAPE = (48, 48, 6)
@@ -178,3 +174,47 @@ for _name, _value in {
     "smooth_images": _smooth_images,
 }.items():
     globals()[f"_{_name}_fixture"] = _shared(_name, _value)
+
+
+def _args(overrides: dict) -> list[str]:
+    out = []
+    for k, v in overrides.items():
+        out += [f"--{k}", v if isinstance(v, str) else repr(v)]
+    return out
+
+
+@pytest.fixture(scope="session", name="bundle_cli")
+def bundle_cli_fixture(tiny):
+    """``bundle_cli(bundle, command, configs, overrides, cwd)``: ``python -m monai.bundle <command> --config_file
+    <configs> --<key> <value> ...`` from ``cwd`` with the tiny overrides under ``overrides``."""
+
+    def bundle_cli(bundle: str, command: list[str], configs: list[str], overrides: dict, cwd: Path, ok: bool = True,
+                   launcher: list[str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+        files = [str(bundle_dir(f"samora_{bundle}") / "configs" / c) for c in configs]
+        config_arg = files[0] if len(files) == 1 else repr(files)
+        cmd = [*(launcher or [sys.executable]), "-m", "monai.bundle", *command, "--config_file", config_arg]
+        result = subprocess.run(
+            [*cmd, *_args({**tiny, **overrides})], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300
+        )
+        if ok and result.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+        return result
+
+    return bundle_cli
+
+
+@pytest.fixture(scope="session", name="assert_model_loads")
+def assert_model_loads_fixture(tiny):
+    """``assert_model_loads(bundle, root, **overrides)``: ``<root>/models/model.pt`` loads strictly into the bundle's
+    ``network_def``."""
+
+    def assert_model_loads(bundle: str, root: Path, **overrides) -> None:
+        parser = ConfigParser()
+        parser.read_config(str(bundle_dir(f"samora_{bundle}") / "configs" / "inference.yaml"))
+        parser.update({**tiny, "bundle_root": str(root), **overrides})
+        net = parser.get_parsed_content("network_def")
+        state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
+        net.load_state_dict(state, strict=True)  # the whole network, not a partial file
+        assert set(state) == set(net.state_dict())
+
+    return assert_model_loads

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,58 +13,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser
 
 from samora_monai.utils import bundle_dir
 
 pytestmark = pytest.mark.slow
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def _args(overrides: dict) -> list[str]:
-    out = []
-    for k, v in overrides.items():
-        out += [f"--{k}", v if isinstance(v, str) else repr(v)]
-    return out
-
-
-@pytest.fixture(scope="session", name="bundle_cli")
-def bundle_cli_fixture(tiny):
-    """``bundle_cli(bundle, command, configs, overrides, cwd)``: ``python -m monai.bundle <command> --config_file
-    <configs> --<key> <value> ...`` from ``cwd`` with the tiny overrides under ``overrides``."""
-
-    def bundle_cli(bundle: str, command: list[str], configs: list[str], overrides: dict, cwd: Path, ok: bool = True,
-                   launcher: list[str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
-        files = [str(bundle_dir(f"samora_{bundle}") / "configs" / c) for c in configs]
-        config_arg = files[0] if len(files) == 1 else repr(files)
-        cmd = [*(launcher or [sys.executable]), "-m", "monai.bundle", *command, "--config_file", config_arg]
-        result = subprocess.run(
-            [*cmd, *_args({**tiny, **overrides})], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300
-        )
-        if ok and result.returncode != 0:
-            raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-        return result
-
-    return bundle_cli
-
-
-@pytest.fixture(scope="session", name="assert_model_loads")
-def assert_model_loads_fixture(tiny):
-    """``assert_model_loads(bundle, root, **overrides)``: ``<root>/models/model.pt`` loads strictly into the bundle's
-    ``network_def``."""
-
-    def assert_model_loads(bundle: str, root: Path, **overrides) -> None:
-        parser = ConfigParser()
-        parser.read_config(str(bundle_dir(f"samora_{bundle}") / "configs" / "inference.yaml"))
-        parser.update({**tiny, "bundle_root": str(root), **overrides})
-        net = parser.get_parsed_content("network_def")
-        state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
-        net.load_state_dict(state, strict=True)  # the whole network, not a partial file
-        assert set(state) == set(net.state_dict())
-
-    return assert_model_loads
-
 
 def read_report(folder: Path, mode: str, num_classes: int) -> tuple[list[dict], dict]:
     rows = list(csv.DictReader(open(folder / f"metrics_{mode}.csv")))

@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-from test_bundle_units import BUNDLES, write_datalist, write_nifti_cases
 
 from samora_monai.apps.compare import compare, epochs_to_reach, overlay_files
 from samora_monai.cli import COMMANDS
@@ -21,11 +20,11 @@ def _close(a, b):
     return (a is None and b == "") or math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
 
 
-def test_compare_two_overlays(tmp_path, capsys):
+def test_compare_two_overlays(tmp_path, capsys, bundles, write_json_datalist, write_nifti_cases):
     items = write_nifti_cases(tmp_path / "data", n=3)
-    datalist = write_datalist(tmp_path / "dl.json", training=items[:2], validation=items[2:], testing=items[1:])
+    datalist = write_json_datalist(tmp_path / "dl.json", training=items[:2], validation=items[2:], testing=items[1:])
     out = tmp_path / "cmp"
-    result = compare(str(BUNDLES["synapse"]), ["samed", "hsamora"], str(out), epochs=2, datalist=datalist,
+    result = compare(str(bundles["synapse"]), ["samed", "hsamora"], str(out), epochs=2, datalist=datalist,
                      overrides=TINY)  # fmt: skip
     printed = capsys.readouterr().out
 
@@ -64,21 +63,21 @@ def test_compare_two_overlays(tmp_path, capsys):
     assert result["csv"] == str(out / "comparison.csv")
 
     with pytest.raises(FileExistsError, match="samed"):
-        compare(str(BUNDLES["synapse"]), ["samed"], str(out), epochs=1, datalist=datalist, overrides=TINY)
+        compare(str(bundles["synapse"]), ["samed"], str(out), epochs=1, datalist=datalist, overrides=TINY)
 
 
-def test_compare_failed_run_names_its_log(tmp_path):
+def test_compare_failed_run_names_its_log(tmp_path, bundles, write_json_datalist, write_nifti_cases):
     bad = tmp_path / "bad.yaml"
     bad.write_text("network_def#decoder: nosuch\n")
     items = write_nifti_cases(tmp_path / "data", n=1)
-    datalist = write_datalist(tmp_path / "dl.json", training=items, validation=items)
+    datalist = write_json_datalist(tmp_path / "dl.json", training=items, validation=items)
     with pytest.raises(RuntimeError, match=r"training failed .*bad[/\\]train.log") as err:
-        compare(str(BUNDLES["synapse"]), str(bad), str(tmp_path / "cmp"), epochs=1, datalist=datalist, overrides=TINY)
+        compare(str(bundles["synapse"]), str(bad), str(tmp_path / "cmp"), epochs=1, datalist=datalist, overrides=TINY)
     assert "nosuch" in str(err.value)
 
 
-def test_compare_rejects_missing_overlay_and_registers_cli(tmp_path):
+def test_compare_rejects_missing_overlay_and_registers_cli(bundles):
     with pytest.raises(FileNotFoundError, match="nosuch.yaml"):
-        overlay_files(BUNDLES["synapse"], "nosuch")
-    assert overlay_files(BUNDLES["synapse"], "train")[0] == "train"
+        overlay_files(bundles["synapse"], "nosuch")
+    assert overlay_files(bundles["synapse"], "train")[0] == "train"
     assert COMMANDS["compare"] == "samora_monai.apps.compare:compare"

@@ -44,6 +44,18 @@ def test_datalist_testing_and_validation_items_are_excluded():
     assert exclude_test_cases(items, datalist, exclude=[], sections=()) == items  # the guard can be turned off
 
 
+def test_one_held_out_file_in_testing_and_validation_stays_a_case():
+    """The demo's datalist lists each held-out file under testing and validation: that file is one case (its stem
+    names it), not a stem shared by several files, so the training cases of the same folder pass."""
+    held_out = [{"image": "/d/imagesTr/img0001.nii.gz"}]
+    datalist = {"testing": held_out, "validation": held_out}
+    train = ["/d/imagesTr/img0005.nii.gz", "/d/imagesTr/img0006.nii.gz"]
+    check_leakage(train, exclude=[], datalist=datalist)
+    check_leakage(train, exclude=["synapse_test", "img0001"], datalist=datalist)  # the demo's exclude: same case
+    with pytest.raises(ValueError, match=r"1 volume\(s\).*img0001.nii.gz \(/d/imagesTr/img0001.nii.gz of the data"):
+        check_leakage([*train, "/d/imagesTr/img0001.nii.gz"], exclude=[], datalist=datalist)
+
+
 def test_la_generic_file_names_match_by_folder():
     volumes = [f"/la/{case}/mri_norm2.h5" for case in ("UPT6DX9IQY9JAZ7HJKA7", "TRAINCASE0000000001")]
     with pytest.raises(ValueError, match=r"1 volume\(s\).*UPT6DX9IQY9JAZ7HJKA7.*la_test") as info:

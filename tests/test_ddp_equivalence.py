@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -21,15 +20,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_bundle_cli import ENV, assert_model_loads, bundle_cli
-from test_bundle_units import write_datalist, write_nifti_cases
 from torch.nn.parallel import DistributedDataParallel
 
 from samora_monai.engines import stage2_network, trainable_parameters
 from samora_monai.losses import segmentation_loss
 from samora_monai.networks import SamoraNet
 
-TESTS = Path(__file__).resolve().parent
 LR = 0.5
 LOSSES = {"ce": {"lambda_dice": 0.0, "lambda_ce": 1.0}, "bundle": {}}  # bundle: segmentation_loss() defaults
 
@@ -109,14 +105,14 @@ def test_two_rank_gloo_step_equals_single_process_step(ddp_step, loss_name):
 
 
 @pytest.mark.slow
-def test_multi_gpu_bundle_epoch_leaves_ranks_equal(tmp_path, monkeypatch):
+def test_multi_gpu_bundle_epoch_leaves_ranks_equal(tmp_path, bundle_cli, assert_model_loads, write_json_datalist,
+                                                    write_nifti_cases):
     items = write_nifti_cases(tmp_path / "data", n=3)
-    datalist = write_datalist(tmp_path / "dl.json", training=items[:2], validation=items[1:])
+    datalist = write_json_datalist(tmp_path / "dl.json", training=items[:2], validation=items[1:])
     root, probe = tmp_path / "bundle", tmp_path / "ranks"
     overlay = tmp_path / "rank_weights.yaml"
     overlay.write_text(f"+train#handlers:\n  - _target_: run_probes.RankWeights\n    folder: '{probe}'\n"
                        "    module: '@network'\n")  # fmt: skip
-    monkeypatch.setitem(ENV, "PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2"]
     result = bundle_cli("synapse", ["run", "training"], ["train.yaml", "multi_gpu_train.yaml", str(overlay)],
                         {"bundle_root": str(root), "datalist": datalist, "batch_size": 2}, cwd=tmp_path,

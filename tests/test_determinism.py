@@ -7,21 +7,17 @@ overlay config."""
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 import pytest
-from test_bundle_cli import ENV, bundle_cli
-from test_bundle_units import write_datalist, write_nifti_cases
 
 pytestmark = pytest.mark.slow
 
-TESTS = Path(__file__).resolve().parent
 ITERS = 6  # 12 slices, batch 2
 
 
-def first_epoch_losses(tmp_path: Path, datalist: str, seed: int, run: str) -> tuple[list[float], list[str]]:
+def first_epoch_losses(bundle_cli, tmp_path: Path, datalist: str, seed: int, run: str) -> tuple[list[float], list[str]]:
     """(recorded losses, the losses the StatsHandler logged) of a 1-epoch run with ``seed``."""
     record = tmp_path / f"losses_{run}.json"
     overlay = tmp_path / f"record_{run}.yaml"
@@ -35,13 +31,12 @@ def first_epoch_losses(tmp_path: Path, datalist: str, seed: int, run: str) -> tu
     return [loss for _, _, loss in losses], logged
 
 
-def test_same_seed_same_first_epoch_losses(tmp_path, monkeypatch):
-    monkeypatch.setitem(ENV, "PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+def test_same_seed_same_first_epoch_losses(tmp_path, bundle_cli, write_json_datalist, write_nifti_cases):
     items = write_nifti_cases(tmp_path / "data", n=3)
-    datalist = write_datalist(tmp_path / "dl.json", training=items[:2], validation=items[2:])
-    first, first_log = first_epoch_losses(tmp_path, datalist, 1234, "a")
-    second, second_log = first_epoch_losses(tmp_path, datalist, 1234, "b")
-    other, _ = first_epoch_losses(tmp_path, datalist, 4321, "c")
+    datalist = write_json_datalist(tmp_path / "dl.json", training=items[:2], validation=items[2:])
+    first, first_log = first_epoch_losses(bundle_cli, tmp_path, datalist, 1234, "a")
+    second, second_log = first_epoch_losses(bundle_cli, tmp_path, datalist, 1234, "b")
+    other, _ = first_epoch_losses(bundle_cli, tmp_path, datalist, 4321, "c")
     print("seed 1234 losses:", first, "\nseed 4321 losses:", other)
     assert first == second  # bit-identical floats
     assert first_log == second_log and len(first_log) == ITERS

@@ -27,7 +27,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 from run_probes import HOLD_MARKER, optimizer_steps
-from test_bundle_units import BUNDLES, write_datalist, write_nifti_cases
+from tiny_settings import BUNDLES
 
 from samora_monai.data import prepare_unlabeled
 from samora_monai.handlers import AtomicCheckpointSaver, ResumeCheckpointSaver, atomic_checkpoint
@@ -104,9 +104,9 @@ def assert_resumed(log: str, probe: Path, ckpt: dict, held: dict) -> dict:
 
 
 @pytest.fixture()
-def btcv_run(tmp_path) -> tuple[list[str], Path, Path]:
+def btcv_run(tmp_path, write_json_datalist, write_nifti_cases) -> tuple[list[str], Path, Path]:
     items = write_nifti_cases(tmp_path / "data", n=3)
-    datalist = write_datalist(tmp_path / "dl.json", training=items[:2], validation=items[2:])
+    datalist = write_json_datalist(tmp_path / "dl.json", training=items[:2], validation=items[2:])
     root, probe = tmp_path / "bundle", tmp_path / "probe"
     configs = [str(BUNDLES["synapse"] / "configs" / "train.yaml"),
                write_overlay(tmp_path / "probe.yaml", probe, "@network")]  # fmt: skip
@@ -169,8 +169,8 @@ def unlabeled_root(tmp_path) -> Path:
 @pytest.mark.slow
 def test_stage1_sigkill_mid_epoch_resumes(unlabeled_root, tmp_path):
     root, probe = unlabeled_root, tmp_path / "probe"
-    configs = [str(BUNDLES["synapse"] / "configs" / "pretrain_pixel.yaml"),
-               write_overlay(tmp_path / "probe.yaml", probe, "@expert")]  # fmt: skip
+    configs = [*(str(BUNDLES["synapse"] / "configs" / f) for f in ("pretrain.yaml", "pretrain_pixel.yaml")),
+               write_overlay(tmp_path / "probe.yaml", probe, "@checkpoint_modules#expert")]  # fmt: skip
     cmd = bundle_command(configs, ["--bundle_root", str(root), *TINY, "--log_interval", "1",
                                    "--head#channels", "[8,8,8,8]"])  # fmt: skip
     ckpt_dir = root / "models" / "pretrain" / "pixel"

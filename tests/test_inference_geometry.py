@@ -12,18 +12,13 @@ random integers (HU) and the threshold lies half-way between two of them.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from test_bundle_cli import ENV, bundle_cli
 
 pytestmark = pytest.mark.slow
 
-TESTS = Path(__file__).resolve().parent
 SHAPE = (16, 48, 5)
 THRESHOLD_HU = 75.5  # the CT window [-125, 275] maps it to 0.50125
 
@@ -39,7 +34,7 @@ def oblique_lps_affine() -> np.ndarray:
     return affine
 
 
-def test_inference_prediction_matches_known_mask_in_input_geometry(tmp_path, monkeypatch):
+def test_inference_prediction_matches_known_mask_in_input_geometry(tmp_path, bundle_cli):
     rng = np.random.default_rng(7)
     image = rng.integers(-100, 251, SHAPE).astype(np.int16)
     src = nib.Nifti1Image(image, oblique_lps_affine())
@@ -55,7 +50,6 @@ def test_inference_prediction_matches_known_mask_in_input_geometry(tmp_path, mon
     (root / "models").mkdir(parents=True)
     threshold = (THRESHOLD_HU + 125) / 400
     torch.save({"threshold": torch.tensor(threshold), "scale": torch.tensor(1000.0)}, root / "models" / "model.pt")
-    monkeypatch.setitem(ENV, "PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     out = tmp_path / "pred"
     bundle_cli("synapse", ["run"], ["inference.yaml"],
                {"bundle_root": str(root), "input_images": str(path), "output_dir": str(out), "img_size": 48,

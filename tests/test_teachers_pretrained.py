@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from test_teachers_models import TINY_MAE
+from tiny_settings import TINY_MAE
 from torchvision import models
 
 from samora_monai.teachers import ContrastiveTeacher, MAETeacher, build_teacher, read_teacher_metadata, save_teacher

@@ -75,9 +75,18 @@ def test_wheel_ships_the_bundles(wheel, venv_python, tmp_path):
     for path in (module, synapse, la):
         assert Path(path).is_relative_to(venv) and not Path(path).is_relative_to(ROOT), path
     assert Path(synapse) == Path(module).parent / "bundles" / "samora_synapse"
-    for name in ("pretrain.yaml", "pretrain_image.yaml", "train.yaml", "inference.yaml", "metadata.json"):
+    for name in ("pretrain.yaml", "pretrain_image.yaml", "train.yaml", "inference.yaml", "metadata.json", "samed.yaml",
+                 "hsamora.yaml"):
         assert (Path(synapse) / "configs" / name).is_file() and (Path(la) / "configs" / name).is_file()
-    assert (Path(module).parent / "data" / "splits").is_dir()
+    # every package-data file of the source tree (published splits, Auto3DSeg algorithm template, bundle files)
+    package = Path(module).parent
+    for folder in ("data/splits", "auto3dseg/algorithm_templates"):
+        shipped = sorted(p.relative_to(package) for p in (package / folder).rglob("*") if p.is_file())
+        source = sorted(p.relative_to(ROOT / "samora_monai") for p in (ROOT / "samora_monai" / folder).rglob("*")
+                        if p.is_file() and "__pycache__" not in p.parts)  # fmt: skip
+        assert shipped and [p for p in shipped if "__pycache__" not in p.parts] == source, folder
+    for name in ("docs/README.md", "LICENSE", "large_files.yml"):
+        assert (Path(synapse) / name).is_file() and (Path(la) / name).is_file(), name
 
 
 def test_installed_quick_demo_runs_from_an_unrelated_directory(venv_python, tmp_path):

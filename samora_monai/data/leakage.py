@@ -118,8 +118,9 @@ def check_leakage(
         exclude = [e.strip() for e in exclude.split(",") if e.strip()]
     exclude = [str(e) for e in exclude]
     generic = set(GENERIC_STEMS)
-    for names in ([str(p) for p in paths], [*exclude, *_datalist_images(datalist, ensure_tuple(sections))]):
-        stems = [case_name(n).lower() for n in names]
+    files = [e for e in exclude if os.sep in e or "/" in e]  # case ids and split names are not files
+    for names in ([str(p) for p in paths], [*files, *_datalist_images(datalist, ensure_tuple(sections))]):
+        stems = [case_name(n).lower() for n in {_path_id(n): n for n in names}.values()]  # a file listed twice
         generic |= {s for s in stems if stems.count(s) > 1}  # a stem shared by several files names no case
     table = _excluded(exclude, datalist, ensure_tuple(sections), generic)
     leaks, used = [], set()

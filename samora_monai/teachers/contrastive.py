@@ -76,8 +76,11 @@ class ContrastiveTeacher(nn.Module):
         if not arch.startswith("resnet") and not arch.startswith("wide_resnet"):
             raise ValueError(f"ContrastiveTeacher needs a torchvision ResNet, got arch={arch!r}")
         embed_from = look_up_option(embed_from, EMBED_SOURCES)
-        # the constructor arguments, recorded in the teacher checkpoint to rebuild the network
-        self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        # the constructor arguments, recorded in the teacher checkpoint to rebuild the network (the weights it holds
+        # replace the ``pretrained`` file, which is recorded apart as provenance)
+        self.config: dict[str, Any] = {
+            k: v for k, v in locals().items() if k not in {"self", "__class__", "pretrained"}
+        }
         self.img_size = img_size
         self.backbone = models.get_model(arch, weights=None)
         feat_dim = self.backbone.fc.in_features

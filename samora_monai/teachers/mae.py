@@ -110,8 +110,11 @@ class MAETeacher(nn.Module):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size={img_size} must be a multiple of patch_size={patch_size}")
-        # the constructor arguments, recorded in the teacher checkpoint to rebuild the network
-        self.config: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        # the constructor arguments, recorded in the teacher checkpoint to rebuild the network (the weights it holds
+        # replace the ``pretrained`` file, which is recorded apart as provenance)
+        self.config: dict[str, Any] = {
+            k: v for k, v in locals().items() if k not in {"self", "__class__", "pretrained"}
+        }
         random_keep_indices(1, 4, mask_ratio)  # validates the ratio early
         self.img_size = img_size
         self.patch_size = patch_size
