@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "make_demo_data": "samora_monai.apps.phantom:make_demo_data",
     "demo": "samora_monai.apps.demo:run_demo",
     "compare": "samora_monai.apps.compare:compare",
+    "pretrain_standin": "samora_monai.apps.standin:pretrain_standin",
 }
 
 
