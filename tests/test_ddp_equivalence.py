@@ -107,8 +107,8 @@ def test_two_rank_gloo_step_equals_single_process_step(ddp_step, loss_name):
 @pytest.mark.slow
 def test_multi_gpu_bundle_epoch_leaves_ranks_equal(tmp_path, bundle_cli, assert_model_loads, write_json_datalist,
                                                     write_nifti_cases):
-    items = write_nifti_cases(tmp_path / "data", n=3)
-    datalist = write_json_datalist(tmp_path / "dl.json", training=items[:2], validation=items[1:])
+    items = write_nifti_cases(tmp_path / "data", n=4)
+    datalist = write_json_datalist(tmp_path / "dl.json", training=items[:2], validation=items[2:])
     root, probe = tmp_path / "bundle", tmp_path / "ranks"
     overlay = tmp_path / "rank_weights.yaml"
     overlay.write_text(f"+train#handlers:\n  - _target_: run_probes.RankWeights\n    folder: '{probe}'\n"

@@ -18,7 +18,7 @@ def tiny_net():
     return SamoraNet(2, variant="tiny", img_size=32, random_init=True, fusion="hl_attn_lite", decoder="hsam")
 
 
-def test_model_meta_fields(tiny_net, tmp_path):
+def test_model_meta_fields(tiny_net, tmp_path, monkeypatch):
     meta = model_meta(tiny_net, ["liver", "spleen"], None)
     assert meta == {
         "backbone": "sam",
@@ -34,11 +34,16 @@ def test_model_meta_fields(tiny_net, tmp_path):
         "random_init": True,
         "sam_checkpoint": None,
     }
-    # a DDP-style wrapper is unwrapped; a checkpoint is recorded by its file name only
+    # a DDP-style wrapper is unwrapped; a random-init network ignored sam_checkpoint, so none is recorded
     wrapper = torch.nn.Module()
     wrapper.module = tiny_net
+    ignored = model_meta(wrapper, ["liver", "spleen"], "/data/weights/sam_vit_b_01ec64.pth")
+    assert ignored == meta
+    # a network built from a checkpoint: the checkpoint is recorded by its file name only
+    monkeypatch.setattr(tiny_net, "sam_source", "/data/weights/sam_vit_b_01ec64.pth")
     meta = model_meta(wrapper, ["liver", "spleen"], "/data/weights/sam_vit_b_01ec64.pth")
     assert (meta["random_init"], meta["sam_checkpoint"]) == (False, "sam_vit_b_01ec64.pth")
+    assert {**meta, "random_init": True, "sam_checkpoint": None} == ignored  # nothing else changes
     path = write_model_meta(tmp_path / "models" / "model_meta.json", meta)
     assert read_model_meta(path) == meta
 

@@ -154,8 +154,9 @@ def test_unlabeled_dataset_checks_file_and_modality(tmp_path):
     datalist = {"training": [{"image": "slices/a.npy", "num_slices": 3}], "settings": {"modality": "ct"}}
     (tmp_path / "dl.json").write_text(json.dumps(datalist))
     assert len(unlabeled_dataset(tmp_path / "dl.json", modality="ct")) == 3
-    with pytest.raises(ValueError, match="prepared with modality 'ct' but this bundle expects 'mr'"):
+    with pytest.raises(ValueError, match="prepared with modality 'ct' but the workflow runs with 'mr'") as err:
         unlabeled_dataset(tmp_path / "dl.json", modality="mr")
+    assert str(tmp_path / "dl.json") in str(err.value) and "--modality ct" in str(err.value)
 
 
 def test_stage1_teacher_rule(tmp_path):
@@ -194,7 +195,8 @@ def test_configs_are_zoo_style_and_bundles_differ_only_in_dataset_values(workflo
     syn, la = configs["samora_synapse"], configs["samora_la"]
     assert syn["modality"] == "ct" and la["modality"] == "mr"
     differing = {k for k in syn.keys() | la.keys() if syn.get(k) != la.get(k)}
-    assert differing <= {"modality", "num_classes"}, differing
+    assert differing <= {"modality", "num_classes", "img_size"}, differing
+    assert la["img_size"] == 512  # H-SAM's LA/PROMISE12 input size
     assert syn["training"] == "%run" and syn["run"] == ["$@train#trainer.run()"]
     assert syn["unlabeled_datalist"] == "$@dataset_dir + '/unlabeled/unlabeled_datalist.json'"
     assert (syn["epochs"], syn["batch_size"], syn["img_size"], syn["learning_rate"]) == (30, 16, 224, 0.001)
@@ -204,6 +206,8 @@ def test_configs_are_zoo_style_and_bundles_differ_only_in_dataset_values(workflo
     parser = ConfigParser(syn)
     required = [p[BundlePropertyConfig.ID] for p in TrainProperties.values() if p[BundleProperty.REQUIRED]]
     assert [i for i in required if i not in parser] == []  # the zoo's required train ids (ConfigWorkflow)
-    assert parser["train#handlers"][0]["_target_"].endswith("ResumeCheckpointLoader")  # before the writer (last)
+    handlers = [h["_target_"] if isinstance(h, dict) else h for h in parser["train#handlers"]]
+    assert handlers[0].endswith("StopOnNonFiniteLoss")  # a NaN loss stops before anything is saved
+    assert handlers[1].endswith("ResumeCheckpointLoader")  # before the writer (last)
     assert parser["train#handlers"][-1] == "@train#writer"
     assert parser.get_parsed_content("output_dir") == f"./eval/{workflow}"
