@@ -20,7 +20,9 @@ def _settings(tmp_path, **values):
     cfg_file = tmp_path / "hyper_parameters.yaml"
     shutil.copy(os.path.join(get_template_path(), ALGO_NAME, "configs", "hyper_parameters.yaml"), cfg_file)
     cfg = yaml.safe_load(cfg_file.read_text())
-    cfg.update(bundle_root=str(tmp_path / "algo"), variant="tiny", random_init=True, img_size=32, device="cpu")
+    # these tests build the bundle's objects without stage-1 files: the "no stage 1" ablation
+    cfg.update(bundle_root=str(tmp_path / "algo"), variant="tiny", random_init=True, img_size=32, device="cpu",
+               allow_missing_experts=True)
     cfg.update(values)
     cfg_file.write_text(yaml.safe_dump(cfg))
     return str(cfg_file)
@@ -57,6 +59,9 @@ def test_overrides_carry_the_template_settings(tmp_path):
     out = bundle_overrides(settings, "train", "/experts")
     assert out["class_names"] == ["class_1", "class_2"] and out["label_mapping"] is None
     assert out["epochs"] == 2 and out["expert_dir"] == "/experts" and out["network_def#lora_rank"] == 2
+    assert out["allow_missing_experts"] is True
+    required = load_settings(_settings(tmp_path, allow_missing_experts=False))
+    assert bundle_overrides(required, "train", "/e")["allow_missing_experts"] is False
     assert out["validate#inferer#spatial_dim"] == 0 and "[0, 2, 3, 1]" in out["train#dataset#transform"]
     assert out["ckpt_dir"] == settings.ckpt_path and out["resume_checkpoint"] is None
     assert "batch_size" not in out  # null num_images_per_batch: the bundle's batch_size

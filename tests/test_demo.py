@@ -49,6 +49,13 @@ def test_quick_demo_writes_every_stage_output(tmp_path, monkeypatch, capsys):
             dice = report["per_class"][organ]["dice"]
             assert dice is not None and 0.0 <= dice <= 1.0, (mode, organ, dice)
 
+    # stage 2 ran on the three experts stage 1 wrote; no validation section, so model.pt is the last-epoch network
+    assert "validation" not in json.loads((out / "data/demo_datalist.json").read_text())
+    training = json.loads((bundle / "models/model_meta.json").read_text())["training"]
+    assert {lv: Path(f).name for lv, f in training["stage1_experts"].items()} == {
+        lv: f"{lv}.pt" for lv in ("image", "patch", "pixel")}
+    assert training["ablation"] is None and training["model_selection"] == "last epoch"
+
     # the held-out case never reached stage 1; the unlabeled pool is the training and unlabeled cases
     slices = json.loads((bundle / "data/unlabeled/unlabeled_datalist.json").read_text())["training"]
     assert sorted(Path(item["source"]).name for item in slices) == [

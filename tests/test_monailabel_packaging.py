@@ -182,13 +182,17 @@ def test_server_command_is_offline():
 
 
 def _tiny_bundle(root: Path, sam_checkpoint: str | None = None, meta: bool = True) -> Path:
-    """The Synapse bundle's configs with a tiny 32 px ``model.pt`` and (``meta``) its ``models/model_meta.json``."""
+    """The Synapse bundle's configs with a tiny 32 px ``model.pt`` and (``meta``) its ``models/model_meta.json``
+    (as trained from ``sam_checkpoint`` when given: the tiny network itself has random SAM weights)."""
     shutil.copytree(BUNDLE, root, ignore=shutil.ignore_patterns("eval", "models", "__pycache__"))
     (root / "models").mkdir()
     net = SamoraNet(len(ORGANS), variant="tiny", img_size=32, random_init=True, fusion="hl_attn_lite")
     torch.save(net.state_dict(), root / "models" / "model.pt")
     if meta:
-        write_model_meta(root / "models" / "model_meta.json", model_meta(net, ORGANS, sam_checkpoint))
+        content = model_meta(net, ORGANS, None)  # a random-weights network records random_init: true
+        if sam_checkpoint is not None:  # the sidecar of a model trained from these SAM weights
+            content.update(random_init=False, sam_checkpoint=Path(sam_checkpoint).name)
+        write_model_meta(root / "models" / "model_meta.json", content)
     return root
 
 

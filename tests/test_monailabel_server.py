@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -71,7 +72,7 @@ def workspace(tmp_path_factory, phantom, tiny):
     configs = ["configs/train.yaml"]
     train = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(configs)]
     train += ["--bundle_root", str(bundle), "--datalist", str(datalist), "--epochs", "1", "--batch_size", "4"]
-    server_tiny = {k: tiny[k] for k in ("variant", "img_size", "random_init", "num_workers")}
+    server_tiny = {k: tiny[k] for k in ("variant", "img_size", "random_init", "num_workers", "allow_missing_experts")}
     for key, value in server_tiny.items():
         train += [f"--{key}", str(value).lower()]
     result = subprocess.run(train, cwd=bundle, capture_output=True, text=True, timeout=300)
@@ -90,6 +91,8 @@ def workspace(tmp_path_factory, phantom, tiny):
     for config in ("inference.yaml", "train.yaml"):
         content = yaml.safe_load((installed / "configs" / config).read_text())
         assert (content["variant"], content["img_size"], content["random_init"]) == ("tiny", 64, True), config
+        # MONAI Label trains from model.pt (it holds the experts), not from stage-1 files the archive does not ship
+        assert content["expert_checkpoints"] == {} and content.get("allow_missing_experts", False) is False, config
     return {"root": root, "app": root / "ws" / "samora", "studies": studies, "installed": installed}
 
 
@@ -237,6 +240,10 @@ def test_train_one_epoch(server, workspace):
     models = workspace["installed"] / "models"
     assert sorted(p.name for p in models.glob("*.pt")) == ["model.pt"]  # the only model file MONAI Label lists
     assert (models / "checkpoints" / "latest_checkpoint_epoch=1.pt").is_file()
+    # the experts came with model.pt (no stage-1 files read); model.pt was selected on MONAI Label's validation split
+    training = json.loads((models / "model_meta.json").read_text())["training"]
+    assert training["stage1_experts"] == {} and training["ablation"] is None
+    assert training["model_selection"] == "best on the validation section"
 
 
 def _save_label(url: str, case: str, label: np.ndarray, tmp_path: Path) -> None:
@@ -261,7 +268,10 @@ def test_train_error_reaches_the_client(server, workspace, tmp_path, phantom):
         task, details = _train(server["url"])
         assert task["status"] == "ERROR", details[-4000:]
         last = details.strip().splitlines()[-1]
-        assert last.startswith("RuntimeError: training failed: ValueError: "), details[-4000:]
+        # the bundle's guard_run excepthook ends the job's output with the package's reason (the ValueError itself,
+        # or the task's summary of it when a DataLoader worker re-raised it)
+        reason = r"samora_monai: run failed: (RuntimeError: training failed: )?ValueError: "
+        assert re.match(reason, last), details[-4000:]
         assert "/labels/final/case" in last and "[0, 11]" in last and "expected 0..8" in last, last
     log = server["log"].read_text()[log_start:]
     assert "Failed to instantiate component 'samora_monai.data.VolumeSliceDataset'" in log

@@ -49,11 +49,11 @@ class DemoRunner:
 
 
 def write_split(data_dir: Path, phantom: dict) -> tuple[Path, list[dict]]:
-    """``demo_datalist.json``: training = the labelled training cases, validation = the first of them (stage 2
-    keeps the network that fits it best as ``model.pt``, so no held-out case selects the model), testing = the
-    held-out cases."""
+    """``demo_datalist.json``: training = the labelled training cases, testing = the held-out cases. No
+    ``validation`` section (every labelled case trains; one may not both train and select): ``model.pt`` is the
+    last-epoch network, so no held-out case selects the model."""
     source = json.loads(Path(phantom["dataset_json"]).read_text())
-    split = {"training": source["training"], "validation": source["training"][:1], "testing": source["testing"]}
+    split = {"training": source["training"], "testing": source["testing"]}
     path = data_dir / "demo_datalist.json"
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(split, indent=2))

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,19 +121,22 @@ def _set_id(content: dict, key: str, value: Any) -> bool:
     return True
 
 
-def apply_overrides(bundle_dir: str | os.PathLike, overrides: Mapping[str, Any]) -> list[Path]:
+def apply_overrides(
+    bundle_dir: str | os.PathLike, overrides: Mapping[str, Any], optional: Collection[str] = ()
+) -> list[Path]:
     """Set config ids in every ``configs/*.json|yaml`` of ``bundle_dir`` that defines them.
 
     MONAI Label reads exactly one ``inference`` and one ``train`` config file with no command-line overrides, so
     values such as ``label_mapping: null`` (datastore labels are already 0..8) go into the installed copy. An id is
     top-level (``variant``) or nested (``network_def#decoder``: set wherever ``network_def`` is a mapping). Every
-    override must be defined by at least one config; the files are rewritten atomically. Returns the changed files.
+    override except those in ``optional`` must be defined by at least one config; the files are rewritten atomically.
+    Returns the changed files.
     """
     from monai.bundle import ConfigParser
 
     configs = sorted(p for p in (Path(bundle_dir) / "configs").glob("*") if p.suffix in (".json", ".yaml", ".yml"))
     configs = [p for p in configs if p.name != "metadata.json"]
-    unused, changed = set(overrides), []
+    unused, changed = set(overrides) - set(optional), []
     for path in configs:
         content = ConfigParser.load_config_file(path)
         keys = [k for k in overrides if _set_id(content, k, overrides[k])]
@@ -176,9 +179,11 @@ def install_bundle(
 
     The installed configs build the network recorded in ``models/model_meta.json`` when the bundle has one
     (:func:`install_settings`), with ``overrides`` on top (:func:`apply_overrides`); ``sam_checkpoint`` (a local
-    file) replaces the configs' SAM checkpoint path. The install stops, leaving nothing behind, when ``model.pt``
-    does not match the network the installed ``inference.yaml`` builds or when that network needs a SAM checkpoint
-    that is not there. An existing install of the same bundle is replaced only once the new one is ready.
+    file) replaces the configs' SAM checkpoint path. With a ``model.pt`` (which holds the trained stage-1 experts;
+    MONAI Label's training starts from it) the configs read no stage-1 expert files (``expert_checkpoints: {}``).
+    The install stops, leaving nothing behind, when ``model.pt`` does not match the network the installed
+    ``inference.yaml`` builds or when that network needs a SAM checkpoint that is not there. An existing install of
+    the same bundle is replaced only once the new one is ready.
     """
     from monai.bundle import download
 
@@ -196,12 +201,15 @@ def install_bundle(
         if not (unpacked / "configs" / "metadata.json").is_file():
             raise RuntimeError(f"{archive}: monai.bundle.download did not unpack {name}/configs/metadata.json")
         settings = install_settings(unpacked, overrides)
+        # MONAI Label fine-tunes model.pt, which holds the experts: no stage-1 files (where a config reads them)
+        optional = ["expert_checkpoints"] if (unpacked / "models" / "model.pt").is_file() else []
+        settings.update({key: settings.get(key, {}) for key in optional})
         if sam_checkpoint is not None:
             if not Path(sam_checkpoint).is_file():
                 raise FileNotFoundError(f"{sam_checkpoint}: SAM checkpoint not found")
             settings["sam_checkpoint"] = str(Path(sam_checkpoint).resolve())
         if settings:
-            apply_overrides(unpacked, settings)
+            apply_overrides(unpacked, settings, optional)
         if (unpacked / "models" / "model.pt").is_file():
             check_model_file(unpacked)
             require_sam_checkpoint(unpacked, hint=" or pass --sam_checkpoint <path of that file> to monailabel_install")

@@ -77,7 +77,17 @@ class SamoraBundleInferTask(BundleInferTask):
 
 
 class SamoraBundleTrainTask(BundleTrainTask):
-    """``BundleTrainTask`` whose failure ends with the root cause: ``RuntimeError: training failed: <Type>: ...``."""
+    """``BundleTrainTask`` whose failure ends with the root cause: ``RuntimeError: training failed: <Type>: ...``,
+    and whose bundle ``data_splits`` are MONAI Label's split of the datastore (not the bundle's dataset)."""
+
+    def _update_overrides(self, overrides):
+        """``data_splits``: MONAI Label's training items, and its validation items (disjoint from them) when there
+        are any, so ``model.pt`` is selected on them; without, the last-epoch network."""
+        splits = {"training": overrides[self.const.key_train_dataset_data()]}
+        validation = overrides.get(self.const.key_validate_dataset_data())
+        if validation:
+            splits["validation"] = validation
+        overrides["data_splits"] = splits
 
     def run_single_gpu(self, request, overrides):
         try:
