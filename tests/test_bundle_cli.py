@@ -128,7 +128,7 @@ def test_synapse_transunet_npz_h5(tmp_path, assert_model_loads, bundle_cli, writ
 def test_synapse_multi_gpu_overlay_gloo(
     tmp_path, assert_model_loads, bundle_cli, write_json_datalist, write_nifti_cases
 ):
-    items = write_nifti_cases(tmp_path / "data", n=3)
+    items = write_nifti_cases(tmp_path / "data", n=4)  # 2 validation volumes: one per rank
     datalist = write_json_datalist(tmp_path / "dl.json", training=items[:2], validation=items[2:])
     root = tmp_path / "bundle"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2"]
