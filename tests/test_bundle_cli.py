@@ -43,8 +43,9 @@ def assert_same_geometry(image: Path, pred: Path, num_classes: int) -> None:
 def btcv(tmp_path_factory, bundle_cli, write_json_datalist, write_nifti_cases):
     """Raw BTCV NIfTI (13 ids, mapped to 8 by the default config) trained for 1 epoch through the CLI."""
     work = tmp_path_factory.mktemp("btcv")
-    items = write_nifti_cases(work / "data", n=3)
-    datalist = write_json_datalist(work / "datalist.json", training=items[:2], validation=items[2:], testing=items[2:])
+    items = write_nifti_cases(work / "data", n=4)  # validation and test cases disjoint from training and each other
+    datalist = write_json_datalist(work / "datalist.json", training=items[:2], validation=items[2:3],
+                                   testing=items[3:])
     root = work / "bundle"
     result = bundle_cli("synapse", ["run", "training"], ["train.yaml"],
                         {"bundle_root": str(root), "datalist": datalist}, cwd=work)  # fmt: skip
@@ -74,8 +75,8 @@ def test_synapse_btcv_evaluate_writes_both_modes(btcv, bundle_cli):
                {"bundle_root": str(root), "datalist": datalist, "output_dir": str(out)}, cwd=work)  # fmt: skip
     for mode in ("transunet", "monai"):
         rows, summary = read_report(out, mode, 8)
-        assert summary["cases"] == ["img0003"] and rows[0]["class_name"] == "spleen"
-    assert_same_geometry(Path(items[2]["image"]), out / "predictions" / "img0003_seg.nii.gz", 8)
+        assert summary["cases"] == ["img0004"] and rows[0]["class_name"] == "spleen"
+    assert_same_geometry(Path(items[3]["image"]), out / "predictions" / "img0004_seg.nii.gz", 8)
 
 
 def test_synapse_inference_keeps_geometry(btcv, tmp_path, bundle_cli):
@@ -84,7 +85,7 @@ def test_synapse_inference_keeps_geometry(btcv, tmp_path, bundle_cli):
     bundle_cli("synapse", ["run"], ["inference.yaml"],
                {"bundle_root": str(root), "input_images": str(work / "data" / "imagesTr"), "output_dir": str(out)},
                cwd=tmp_path)  # fmt: skip
-    assert sorted(p.name for p in out.iterdir()) == [f"img000{i}_seg.nii.gz" for i in (1, 2, 3)]
+    assert sorted(p.name for p in out.iterdir()) == [f"img000{i}_seg.nii.gz" for i in (1, 2, 3, 4)]
     for i, item in enumerate(items):
         assert_same_geometry(Path(item["image"]), out / f"img000{i + 1}_seg.nii.gz", 8)
 
@@ -113,22 +114,22 @@ def test_verify_net_in_out(bundle, tmp_path, bundle_cli):
 def test_synapse_transunet_npz_h5(tmp_path, assert_model_loads, bundle_cli, write_json_datalist, write_transunet_cases):
     """TransUNet files: npz training slices, h5 validation/test volumes, images already in [0, 1], labels 0..8."""
     train, test = write_transunet_cases(tmp_path / "data")
-    datalist = write_json_datalist(tmp_path / "dl.json", training=train, validation=test[:1], testing=test)
+    datalist = write_json_datalist(tmp_path / "dl.json", training=train, validation=test[1:], testing=test[:1])
     root, out = tmp_path / "bundle", tmp_path / "eval"
-    common = {"bundle_root": str(root), "datalist": datalist, "modality": "none", "label_mapping": None}
+    common = {"bundle_root": str(root), "datalist": datalist, "modality": "none", "label_mapping": "null"}
     bundle_cli("synapse", ["run", "training"], ["train.yaml"], common, cwd=tmp_path)
     assert_model_loads("synapse", root)
     bundle_cli("synapse", ["run", "evaluating"], ["train.yaml", "evaluate.yaml"],
                {**common, "output_dir": str(out)}, cwd=tmp_path)  # fmt: skip
     rows, summary = read_report(out, "transunet", 8)
-    assert summary["cases"] == ["case0001", "case0002"]  # case0001.npy.h5: the name without the volume suffix
+    assert summary["cases"] == ["case0001"]  # case0001.npy.h5: the name without the volume suffix
 
 
 def test_synapse_multi_gpu_overlay_gloo(
     tmp_path, assert_model_loads, bundle_cli, write_json_datalist, write_nifti_cases
 ):
-    items = write_nifti_cases(tmp_path / "data", n=3)
-    datalist = write_json_datalist(tmp_path / "dl.json", training=items[:2], validation=items[1:])
+    items = write_nifti_cases(tmp_path / "data", n=4)  # 2 validation volumes: one per rank
+    datalist = write_json_datalist(tmp_path / "dl.json", training=items[:2], validation=items[2:])
     root = tmp_path / "bundle"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", "2"]
     result = bundle_cli("synapse", ["run", "training"], ["train.yaml", "multi_gpu_train.yaml"],
@@ -146,7 +147,7 @@ def test_config_only_dataset_swap(tmp_path, assert_model_loads, bundle_cli, writ
     items = write_nifti_cases(tmp_path / "data", ids=(1, 2, 3), n=2, dtype=np.float32)
     datalist = write_json_datalist(tmp_path / "dl.json", training=items[:1], validation=items[1:])
     root = tmp_path / "bundle"
-    swap = {"class_names": ["liver", "tumour", "vessel"], "label_mapping": None, "modality": "mr"}
+    swap = {"class_names": ["liver", "tumour", "vessel"], "label_mapping": "null", "modality": "mr"}
     bundle_cli("synapse", ["run", "training"], ["train.yaml"],
                {"bundle_root": str(root), "datalist": datalist, **swap}, cwd=tmp_path)  # fmt: skip
     assert_model_loads("synapse", root, class_names=swap["class_names"])
@@ -162,8 +163,8 @@ def test_config_only_dataset_swap(tmp_path, assert_model_loads, bundle_cli, writ
 
 
 def test_la_h5_trains_and_evaluates(tmp_path, assert_model_loads, bundle_cli, write_json_datalist, write_la_cases):
-    items = write_la_cases(tmp_path / "LA", n=3)
-    datalist = write_json_datalist(tmp_path / "dl.json", training=items[:2], validation=items[2:], testing=items[1:])
+    items = write_la_cases(tmp_path / "LA", n=5)
+    datalist = write_json_datalist(tmp_path / "dl.json", training=items[:2], validation=items[2:3], testing=items[3:])
     root, out = tmp_path / "bundle", tmp_path / "eval"
     bundle_cli("la", ["run", "training"], ["train.yaml"], {"bundle_root": str(root), "datalist": datalist},
                cwd=tmp_path)  # fmt: skip
@@ -171,7 +172,7 @@ def test_la_h5_trains_and_evaluates(tmp_path, assert_model_loads, bundle_cli, wr
     bundle_cli("la", ["run", "evaluating"], ["train.yaml", "evaluate.yaml"],
                {"bundle_root": str(root), "datalist": datalist, "output_dir": str(out)}, cwd=tmp_path)  # fmt: skip
     _, summary = read_report(out, "monai", 1)
-    assert summary["cases"] == ["mri_norm2", "CASE02LA/mri_norm2"] and summary["class_names"] == ["left_atrium"]
+    assert summary["cases"] == ["mri_norm2", "CASE04LA/mri_norm2"] and summary["class_names"] == ["left_atrium"]
 
 
 def test_la_msd_heart_named_setting_trains_and_infers(tmp_path, assert_model_loads, bundle_cli, write_msd_heart):

@@ -16,6 +16,8 @@ from samora_monai.utils import bundle_dir
 
 BUNDLES = ("samora_synapse", "samora_la")
 SECTION = "### Config layout and dataset keys"
+# overlays for a further dataset, held by the bundle of its modality only (documented in that bundle's README)
+DATASET_OVERLAYS = {"samora_la": {"promise12.yaml"}}
 
 
 def dataset_keys(bundle: str) -> set[str]:
@@ -56,8 +58,15 @@ def test_dataset_keys_are_documented_once_for_both_bundles():
 
 def test_bundles_differ_only_in_dataset_keys():
     allowed = dataset_keys("samora_synapse")
-    configs = {b: sorted(p.name for p in (bundle_dir(b) / "configs").glob("*.yaml")) for b in BUNDLES}
+    configs = {b: sorted(p.name for p in (bundle_dir(b) / "configs").glob("*.yaml")
+                         if p.name not in DATASET_OVERLAYS.get(b, ())) for b in BUNDLES}
     assert configs["samora_synapse"] == configs["samora_la"], "the bundles must hold the same config files"
+    for b, overlays in DATASET_OVERLAYS.items():
+        readme = (bundle_dir(b) / "docs" / "README.md").read_text()
+        for name in overlays:
+            assert (bundle_dir(b) / "configs" / name).is_file(), f"{b}: dataset overlay {name} missing"
+            assert f"configs/{name}" in readme, f"{b}/docs/README.md does not document {name}"
+            assert not any((bundle_dir(o) / "configs" / name).exists() for o in BUNDLES if o != b), name
     differing = set()
     for name in configs["samora_synapse"]:
         a, b = (load_yaml(bundle_dir(x) / "configs" / name) for x in BUNDLES)

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "samora_synapse"
 TINY = {"variant": "tiny", "img_size": 32, "random_init": True, "epochs": 1, "batch_size": 4, "num_workers": 0,
-        "slice_batch_size": 8}  # fmt: skip
+        "slice_batch_size": 8, "allow_missing_experts": True}  # fmt: skip
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 AFFINE = np.array([[-0.8, 0, 0, 20.0], [0, 0.9, 0, -15.0], [0, 0, 2.5, 30.0], [0, 0, 0, 1]])
 PROBE = """

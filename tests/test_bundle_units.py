@@ -120,11 +120,12 @@ def workflow_fixture(tiny):
 def synapse_root(tmp_path_factory, write_json_datalist, write_nifti_cases):
     """Bundle root with a random tiny model.pt and a BTCV-style dataset."""
     root = tmp_path_factory.mktemp("bundle")
-    items = write_nifti_cases(root / "data", n=3)
+    items = write_nifti_cases(root / "data", n=4)
     (root / "models").mkdir()
     net = SamoraNet(num_classes=8, variant="tiny", img_size=64, random_init=True)
     torch.save(net.state_dict(), root / "models" / "model.pt")
-    datalist = write_json_datalist(root / "datalist.json", training=items[:2], validation=items[2:], testing=items[2:])
+    datalist = write_json_datalist(root / "datalist.json", training=items[:2], validation=items[2:3],
+                                   testing=items[3:])
     return root, items, datalist
 
 
