@@ -21,6 +21,7 @@ __all__ = [
     "bundle_names",
     "case_name",
     "load_record",
+    "read_torch_file",
     "optional_value",
 ]
 
@@ -83,21 +84,27 @@ def case_name(path: str | os.PathLike) -> str:
     return name[: -len(suffix)] if suffix else Path(name).stem
 
 
-def load_record(path: str | os.PathLike, fmt: str, what: str, hint: str = "") -> dict[str, Any]:
-    """A self-describing PyTorch file: a dict whose ``"format"`` is ``fmt``, read on the CPU with ``weights_only``.
-
-    Errors name the file: ``FileNotFoundError``, or ``ValueError`` when it is unreadable or not a ``fmt`` record
-    (``hint`` then says how such files are written).
-    """
+def read_torch_file(path: str | os.PathLike, what: str) -> Any:
+    """The object of a PyTorch file, read on the CPU with ``weights_only``. Errors name the file and ``what`` it
+    should be: ``FileNotFoundError``, or ``ValueError`` when it is not a readable PyTorch file."""
     import torch
 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"{path} is not a readable {what}: {e}") from e
+
+
+def load_record(path: str | os.PathLike, fmt: str, what: str, hint: str = "") -> dict[str, Any]:
+    """A self-describing PyTorch file: a dict whose ``"format"`` is ``fmt``, read on the CPU with ``weights_only``.
+
+    Errors name the file: ``FileNotFoundError``, or ``ValueError`` when it is unreadable or not a ``fmt`` record
+    (``hint`` then says how such files are written).
+    """
+    record = read_torch_file(path, what)
     if not isinstance(record, dict) or record.get("format") != fmt:
         raise ValueError(f"{path} is not a {what} (no format={fmt!r} record){hint}")
     return record

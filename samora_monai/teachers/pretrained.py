@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from samora_monai.utils import read_torch_file
+
 __all__ = ["read_pretrained_state_dict", "load_torchvision_resnet", "load_mae_encoder"]
 
 logger = logging.getLogger(__name__)
@@ -26,12 +28,7 @@ MAE_DECODER_PREFIXES = ("decoder_", "mask_token")
 def read_pretrained_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a local checkpoint, unwrapped from ``state_dict``/``model`` and without ``module.`` prefixes."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"pretrained teacher weights not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
+    state = read_torch_file(path, "pretrained teacher checkpoint")
     while isinstance(state, dict) and any(isinstance(state.get(k), dict) for k in WRAPPER_KEYS):
         state = next(state[k] for k in WRAPPER_KEYS if isinstance(state.get(k), dict))
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
