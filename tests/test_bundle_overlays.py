@@ -44,6 +44,7 @@ OVERLAYS = {
     "fusion_order_image_first": (["ablations/fusion_order_image_first.yaml"], STAGE2, "DiceCELoss", 3, 4, "sam",
                                  "sam"),
     "rank_8": (["ablations/rank_8.yaml"], STAGE2, "DiceCELoss", 3, 8, "sam", "sam"),
+    "no_stage1": (["ablations/no_stage1.yaml"], STAGE2, "DiceCELoss", 3, 4, "sam", "sam"),
 }
 TINY = {"variant": "tiny", "img_size": 32, "random_init": True, "epochs": 1, "batch_size": 4, "num_workers": 0,
         "slice_batch_size": 8, "val_interval": 1, "allow_missing_experts": True}
