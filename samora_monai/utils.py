@@ -24,6 +24,7 @@ __all__ = [
     "load_record",
     "read_torch_file",
     "optional_value",
+    "raise_problems",
     "submodule_getattr",
 ]
 
@@ -58,6 +59,15 @@ def submodule_getattr(package: str) -> Callable[[str], Any]:
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     return __getattr__
+
+
+def raise_problems(message: str, problems: dict[str, list]) -> None:
+    """``ValueError(message + "; ".join(...))`` naming every non-empty list of ``problems`` (``{what: items}``, each
+    written ``"<what> <items>"``), e.g. the keys of a weights file that do not fit a model; nothing when all are empty.
+    """
+    found = [f"{what} {items}" for what, items in problems.items() if items]
+    if found:
+        raise ValueError(message + "; ".join(found))
 
 
 def optional_value(value: Any) -> Any:
