@@ -82,11 +82,11 @@ def demo_settings(quick: bool = False, sam_checkpoint: str | None = None, backbo
         return DemoSettings(
             shape=(64, 64, 12), spacing=(1.6, 1.6, 5.0), num_train=2, num_val=1, num_test=1, num_unlabeled=1,
             labelled_slices=4, img_size=64, teacher_epochs=1, expert_epochs=1, batch_size=8, finetune_epochs=2,
-            finetune_batch_size=4, learning_rate=0.001, warmup_iters=1, val_interval=1, standin_quick=True,
+            finetune_batch_size=4, learning_rate=0.005, warmup_iters=1, val_interval=1, standin_quick=True,
             **common,
         )
     return DemoSettings(
         shape=(128, 128, 40), spacing=(2.4, 2.4, 6.0), num_train=6, num_val=2, num_test=3, num_unlabeled=2,
-        labelled_slices=10, img_size=128, teacher_epochs=2, expert_epochs=2, batch_size=16, finetune_epochs=120,
-        finetune_batch_size=16, learning_rate=0.001, warmup_iters=20, val_interval=10, **common,
+        labelled_slices=10, img_size=128, teacher_epochs=2, expert_epochs=2, batch_size=16, finetune_epochs=150,
+        finetune_batch_size=16, learning_rate=0.005, warmup_iters=20, val_interval=10, **common,
     )
