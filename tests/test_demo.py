@@ -47,10 +47,11 @@ def test_quick_demo_compares_the_runs_and_a_rerun_gives_identical_numbers(tmp_pa
         *(compare / run / f for run in RUNS for f in ("models/model.pt", "models/model_meta.json",
                                                       "train/learning_curve.csv", "test/metrics_transunet.json",
                                                       "test/predictions/img0001_seg.nii.gz")),
-        out / "demo_summary.png", summary_path,
+        bundle / "models/model.pt", out / "demo_summary.png", summary_path,
     ]
     assert [str(p) for p in expected if not p.is_file()] == []
     assert (out / "demo_summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (bundle / "models/model.pt").read_bytes() == (compare / "train/models/model.pt").read_bytes()
 
     # the label budget: 4 annotated slices per training case, all with foreground; one validation case that never
     # reaches stage 1; the held-out case only in `testing`
@@ -67,7 +68,8 @@ def test_quick_demo_compares_the_runs_and_a_rerun_gives_identical_numbers(tmp_pa
     rows = {r["run"]: r for r in csv.DictReader(open(compare / "comparison.csv"))}
     assert list(rows) == RUNS and len({r["epochs"] for r in rows.values()}) == 1
     metas = {run: json.loads((compare / run / "models/model_meta.json").read_text()) for run in RUNS}
-    assert {m["sam_checkpoint"] for m in metas.values()} == {str(standin_file)}
+    assert {m["sam_checkpoint"] for m in metas.values()} == {standin_file.name}
+    assert (bundle / "models" / standin_file.name).read_bytes() == standin_file.read_bytes()  # a complete bundle
     assert {lv: Path(f).name for lv, f in metas["train"]["training"]["stage1_experts"].items()} == {
         lv: f"{lv}.pt" for lv in ("image", "patch", "pixel")}
     assert metas["train"]["training"]["ablation"] is None and metas["no_stage1"]["training"]["ablation"]

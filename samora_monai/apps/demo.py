@@ -192,13 +192,13 @@ def run_demo(
     if sam_checkpoint is not None:
         note = (f"SAM backbone: ViT-B with the pretrained weights of {sam_checkpoint}, 224 px; expects a CUDA GPU "
                 "(about 10 GB of memory), CPU would take hours.")
-        name = f"vit_b ({sam_checkpoint})"
+        backbone_name = f"vit_b ({sam_checkpoint})"
     elif use_standin:
         stand_in = standin_path(standin_settings(settings.img_size, settings.standin_quick, seed), cache_dir)
-        note, name = STANDIN_NOTE, f"tiny, stand-in pre-trained here, NOT SAM ({stand_in})"
+        note, backbone_name = STANDIN_NOTE, f"tiny, stand-in pre-trained here, NOT SAM ({stand_in})"
         settings.backbone = [*settings.backbone, "--sam_checkpoint", str(stand_in)]
     else:
-        note, name = "SAM backbone: 'tiny' ViT with RANDOM weights (no pre-training at all).", "tiny, RANDOM weights"
+        note, backbone_name = "SAM backbone: 'tiny' ViT with RANDOM weights (no pre-training).", "tiny, RANDOM weights"
     print(f"SAMora demo -> {out_dir}\n{note}\nsettings: {settings}", flush=True)
     if use_standin and stand_in.is_file():
         runner.header("standin", "stand-in SAM backbone (NOT Segment Anything)")
@@ -216,6 +216,10 @@ def run_demo(
     stage1 = _stage1_steps(bundle_root, unlabeled, settings)
     runner.run_parallel(stage1, parallel)
     comparison = _compare_step(runner, bundle_root, out_dir / "compare", datalist, settings, parallel)
+    for file in ("model.pt", "model_meta.json"):  # the demo's bundle carries SAMora's model (MONAI Label installs it)
+        shutil.copy2(Path(comparison["runs"]["train"]["dir"]) / "models" / file, bundle_root / "models" / file)
+    if use_standin:  # and the backbone file model_meta.json names, as models/<name> like sam_vit_b_01ec64.pth
+        shutil.copy2(stand_in, bundle_root / "models" / stand_in.name)
 
     runner.header("figure", "summary figure")
     t = time.perf_counter()
@@ -233,7 +237,7 @@ def run_demo(
 
     total = time.perf_counter() - start
     result = {
-        "backbone": name,
+        "backbone": backbone_name,
         "backbone_note": note,
         "quick": quick,
         "settings": {k: v for k, v in settings.__dict__.items() if not k.endswith("_overrides")},
@@ -243,6 +247,7 @@ def run_demo(
         "seconds": round(total, 1),
         "step_seconds": runner.timings,
         "written": {"data": str(data_dir), "datalist": str(datalist), "unlabeled_slices": unlabeled,
+                    "model": str(bundle_root / "models" / "model.pt"),
                     "bundle": str(bundle_root), "comparison": [comparison["csv"], comparison["markdown"]],
                     "figure": str(figure), "logs": str(runner.logs)},
     }
