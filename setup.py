@@ -3,7 +3,7 @@ the package data ``samora_monai/bundles/`` of the wheel, where :func:`samora_mon
 
 from setuptools import find_packages, setup
 
-BUNDLE_FILES = ["*/LICENSE", "*/large_files.yml", "*/configs/*", "*/docs/*", "*/models/.gitkeep"]
+BUNDLE_FILES = ["*/LICENSE", "*/large_files.yml", "*/configs/**/*", "*/docs/*", "*/models/.gitkeep"]
 
 setup(
     packages=[*find_packages(include=["samora_monai", "samora_monai.*"]), "samora_monai.bundles"],

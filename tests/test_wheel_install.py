@@ -85,6 +85,12 @@ def test_wheel_ships_the_bundles(wheel, venv_python, tmp_path):
         source = sorted(p.relative_to(ROOT / "samora_monai") for p in (ROOT / "samora_monai" / folder).rglob("*")
                         if p.is_file() and "__pycache__" not in p.parts)  # fmt: skip
         assert shipped and [p for p in shipped if "__pycache__" not in p.parts] == source, folder
+    for bundle in (synapse, la):  # every config file, overlays in sub-folders (ablations/) included
+        shipped = sorted(p.relative_to(bundle) for p in (Path(bundle) / "configs").rglob("*") if p.is_file())
+        name = Path(bundle).name
+        source = sorted(p.relative_to(ROOT / "bundles" / name) for p in (ROOT / "bundles" / name / "configs").rglob("*")
+                        if p.is_file())  # fmt: skip
+        assert shipped == source and any(p.parts[1] == "ablations" for p in shipped), name
     for name in ("docs/README.md", "LICENSE", "large_files.yml"):
         assert (Path(synapse) / name).is_file() and (Path(la) / name).is_file(), name
 
