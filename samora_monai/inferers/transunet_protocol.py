@@ -27,6 +27,8 @@ from monai.data import MetaTensor
 from monai.utils import ensure_tuple_rep, look_up_option
 from scipy import ndimage
 
+from samora_monai.networks.acceleration import autocast
+
 from .slice_inferer import ResizedSliceInferer
 
 __all__ = ["SLICE_PROTOCOLS", "TransUNetSliceInferer", "slice_inferer", "zoom_planes"]
@@ -55,7 +57,7 @@ class TransUNetSliceInferer(ResizedSliceInferer):
             ``None`` runs slices at their size.
         input_size: optional first zoom target before ``spatial_size`` (SAMed/H-SAM ``input_size``, e.g. 224 before
             a 512 network); ``None`` zooms once.
-        spatial_dim, sw_batch_size, amp, sw_device, device, progress: as :class:`ResizedSliceInferer`.
+        spatial_dim, sw_batch_size, amp, amp_dtype, sw_device, device, progress: as :class:`ResizedSliceInferer`.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class TransUNetSliceInferer(ResizedSliceInferer):
         spatial_dim: int = -1,
         sw_batch_size: int = 16,
         amp: bool = True,
+        amp_dtype: str = "fp16",
         sw_device: torch.device | str | None = None,
         device: torch.device | str | None = None,
         progress: bool = False,
@@ -74,6 +77,7 @@ class TransUNetSliceInferer(ResizedSliceInferer):
             spatial_dim=spatial_dim,
             sw_batch_size=sw_batch_size,
             amp=amp,
+            amp_dtype=amp_dtype,
             sw_device=sw_device,
             device=device,
             progress=progress,
@@ -101,7 +105,7 @@ class TransUNetSliceInferer(ResizedSliceInferer):
             if size is not None:
                 planes = zoom_planes(planes, size, order=3)
         inputs = torch.from_numpy(np.ascontiguousarray(planes)).to(x.device)
-        with torch.autocast(device_type=inputs.device.type, enabled=self.amp and inputs.device.type == "cuda"):
+        with autocast(inputs.device, self.amp_dtype if self.amp and inputs.device.type == "cuda" else None):
             out = network(inputs, *args, **kwargs)
         if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[0] != x.shape[0]:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
