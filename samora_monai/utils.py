@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -23,6 +24,8 @@ __all__ = [
     "load_record",
     "read_torch_file",
     "optional_value",
+    "raise_problems",
+    "submodule_getattr",
 ]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -39,6 +42,32 @@ def _umask() -> int:
 # what a "turn it off" value may look like once it has passed through YAML, JSON or the bundle command line
 # (``--key null`` arrives as the string "null"; MONAI's CLI drops a bare ``--key None`` before the config sees it)
 NULL_STRINGS: tuple[str, ...] = ("none", "null")
+
+
+def submodule_getattr(package: str) -> Callable[[str], Any]:
+    """A module ``__getattr__`` (PEP 562) for ``package`` that imports ``package.<name>`` on first access, so a bundle
+    config that imports only ``samora_monai`` can call ``samora_monai.data.bundle_data.load_datalist`` and nothing is
+    imported before it is used."""
+
+    def __getattr__(name: str) -> Any:  # noqa: N807 (the module attribute PEP 562 names)
+        if not name.startswith("_"):
+            try:
+                return importlib.import_module(f"{package}.{name}")
+            except ModuleNotFoundError as e:
+                if e.name != f"{package}.{name}":
+                    raise
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
+def raise_problems(message: str, problems: dict[str, list]) -> None:
+    """``ValueError(message + "; ".join(...))`` naming every non-empty list of ``problems`` (``{what: items}``, each
+    written ``"<what> <items>"``), e.g. the keys of a weights file that do not fit a model; nothing when all are empty.
+    """
+    found = [f"{what} {items}" for what, items in problems.items() if items]
+    if found:
+        raise ValueError(message + "; ".join(found))
 
 
 def optional_value(value: Any) -> Any:

@@ -15,6 +15,7 @@ from samora_monai.apps.stage1_pipeline import STAGE1_STEPS, stage1_configs
 from samora_monai.utils import bundle_dir
 
 BUNDLES = ("samora_synapse", "samora_la")
+MAX_CONFIG_LINES = 757  # 60% of the ~1,262 lines a bundle's configs/ held before the configs were layered (issue 10)
 SECTION = "### Config layout and dataset keys"
 # overlays for a further dataset, held by the bundle of its modality only (documented in that bundle's README)
 DATASET_OVERLAYS = {"samora_la": {"promise12.yaml"}}
@@ -90,6 +91,15 @@ def test_stage2_configs_resolve_their_expressions(bundle, tmp_path):
             assert parser.get_parsed_content("resume_checkpoint") is None
         if "evaluate.yaml" in files:
             assert parser.get_parsed_content("validate#postprocessing#transforms#2#_disabled_") in (True, False)
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_config_folder_stays_within_its_line_budget(bundle):
+    """All files of ``configs/`` (overlays, ablations/, metadata.json, logging.conf), counted as ``wc -l`` does."""
+    files = sorted(p for p in (bundle_dir(bundle) / "configs").rglob("*") if p.is_file())
+    assert {"train.yaml", "inference.yaml", "metadata.json", "logging.conf"} <= {p.name for p in files}
+    lines = {str(p.relative_to(bundle_dir(bundle))): p.read_bytes().count(b"\n") for p in files}
+    assert sum(lines.values()) <= MAX_CONFIG_LINES, f"{bundle}: {sum(lines.values())} lines in configs/: {lines}"
 
 
 def test_comparison_catches_a_recipe_change():

@@ -79,3 +79,14 @@ def test_differs_from_the_resize_protocol_and_factory():
 def test_bad_network_output():
     with pytest.raises(RuntimeError, match="logits"):
         TransUNetSliceInferer(spatial_size=8)(volume(), lambda x: x[:, 0])
+
+
+def test_transunet_takes_the_shared_arguments_and_refuses_the_resize_modes():
+    inferer = slice_inferer("transunet", spatial_size=16, sw_batch_size=3, amp=False, amp_dtype="bf16", progress=False)
+    assert (inferer.sw_batch_size, inferer.spatial_size, inferer.input_size) == (3, (16, 16), None)
+    v = volume()
+    out = inferer(v, threshold_net)
+    assert out.shape == (1, 3, *v.shape[2:]) and torch.equal(out.sum(1), torch.ones_like(v[:, 0]))  # one-hot
+    for key in ("input_mode", "output_mode"):
+        with pytest.raises(TypeError, match=f"fixed orders.*{key}"):
+            TransUNetSliceInferer(**{key: "nearest"})

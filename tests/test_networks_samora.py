@@ -203,3 +203,18 @@ def test_expert_file_round_trip_and_mismatch(tmp_path):
     torch.testing.assert_close(
         loaded.samora_blocks[1].lora.experts["pixel"].b_q.weight, net.samora_blocks[1].lora.experts["pixel"].b_q.weight
     )
+
+
+def test_lora_block_indexes_and_fusion_factory():
+    from samora_monai.networks.hl_attn import HLAttnLite, SumFusion, fusion_factory
+    from samora_monai.networks.lora import lora_block_indexes
+
+    assert lora_block_indexes(None, 4) == (0, 1, 2, 3)
+    assert lora_block_indexes([3, 1], 4) == (1, 3)
+    with pytest.raises(ValueError, match=r"lora_blocks \[1, 4\] out of range for 4 blocks"):
+        lora_block_indexes([4, 1], 4)
+    lite = fusion_factory("hl_attn_lite", width=8, num_heads=2)(32, ("image", "pixel"), 4)
+    assert isinstance(lite, HLAttnLite) and lite.levels == ("image", "pixel")
+    assert isinstance(fusion_factory("sum")(32, ("image",), 4), SumFusion)
+    with pytest.raises(ValueError):
+        fusion_factory("nope")(32, ("image",), 4)

@@ -53,3 +53,12 @@ def test_bundle_dir_finds_the_shipped_bundles():
     assert (path / "configs" / "train.yaml").is_file() and (path / "configs" / "pretrain.yaml").is_file()
     with pytest.raises(FileNotFoundError, match="no bundle 'nope'.*samora_la"):
         bundle_dir("nope")
+
+
+def test_raise_problems_names_every_nonempty_list():
+    from samora_monai.utils import raise_problems
+
+    raise_problems("x: ", {"missing": [], "unexpected": []})  # nothing to report
+    with pytest.raises(ValueError) as info:
+        raise_problems("model.pt does not fit: ", {"missing": ["a"], "unexpected": [], "shapes:": ["b: (1,) vs (2,)"]})
+    assert str(info.value) == "model.pt does not fit: missing ['a']; shapes: ['b: (1,) vs (2,)']"

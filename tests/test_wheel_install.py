@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("samora_monai", "bundles", "setup.py", "setup.cfg", "pyproject.toml", "README.md")
 
 
-def run(cmd: list[str], cwd: Path, timeout: int = 600) -> str:
+def run(cmd: list[str], cwd: Path, timeout: int = 600, **extra_env: str) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    env["OMP_NUM_THREADS"] = "1"
+    env.update(OMP_NUM_THREADS="1", **extra_env)
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{log[-4000:]}"
@@ -92,12 +92,14 @@ def test_wheel_ships_the_bundles(wheel, venv_python, tmp_path):
 def test_installed_quick_demo_runs_from_an_unrelated_directory(venv_python, tmp_path):
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
-    log = run([str(venv_python), "-m", "samora_monai", "demo", "--quick", "--out", "out"], cwd=cwd, timeout=1800)
+    log = run([str(venv_python), "-m", "samora_monai", "demo", "--quick", "--out", "out"], cwd=cwd, timeout=1800,
+              SAMORA_CACHE=str(tmp_path / "cache"))  # the stand-in checkpoint goes here, not to ~/.cache
     out = cwd / "out"
     summary = json.loads((out / "demo_summary.json").read_text())
-    assert summary["quick"] is True and set(summary["mean_dice"]) == {"transunet", "monai"}
-    assert all(d is not None and 0.0 <= d <= 1.0 for d in summary["mean_dice"].values())
-    for path in ("bundle/models/model.pt", "bundle/models/experts/pixel.pt", "predictions/img0001_seg.nii.gz",
-                 "evaluation/metrics_transunet.json", "demo_summary.png"):
+    assert summary["quick"] is True and list(summary["runs"]) == ["train", "samed", "no_stage1"]
+    assert all(0.0 <= r["mean_dice"] <= 1.0 for r in summary["runs"].values())
+    assert len(list((tmp_path / "cache").glob("standin_tiny_64_*.pth"))) == 1
+    for path in ("bundle/models/experts/pixel.pt", "compare/train/models/model.pt", "compare/comparison.csv",
+                 "compare/samed/test/predictions/img0001_seg.nii.gz", "demo_summary.png"):
         assert (out / path).is_file(), path
     assert "total run time" in log

@@ -22,7 +22,9 @@ import math
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -50,16 +52,43 @@ def overlay_files(bundle: Path, overlay: str) -> tuple[str, list[Path]]:
     return Path(files[-1]).stem, files
 
 
-def _bundle_run(workflow: str, configs: Sequence[Path], overrides: Mapping[str, Any], log: Path, cwd: Path) -> None:
+def _bundle_run(
+    workflow: str, configs: Sequence[Path], overrides: Mapping[str, Any], log: Path, cwd: Path,
+    env: Mapping[str, str] | None = None,
+) -> None:
     """``python -m monai.bundle run <workflow>`` with ``configs`` and ``--key value`` overrides; output to ``log``."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", repr([str(c) for c in configs])]
     for key, value in overrides.items():
         cmd += [f"--{key}", value if isinstance(value, str) else repr(value)]
     with open(log, "w") as f:
-        result = subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, text=True)
+        result = subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, text=True,
+                                env=None if env is None else dict(env))
     if result.returncode != 0:
         errors = [line for line in log.read_text().splitlines() if _ERROR.match(line)]  # the exception chain
         raise RuntimeError(f"{workflow} failed (exit {result.returncode}); full log: {log}\n" + "\n".join(errors))
+
+
+def _train_and_evaluate(
+    name: str, files: Sequence[Path], run_dir: Path, bundle_dir: Path, common: Mapping[str, Any],
+    env: Mapping[str, str] | None,
+) -> None:
+    """Train ``files`` into ``run_dir/models`` (learning curve in ``run_dir/train``), then evaluate ``model.pt`` on
+    the test cases into ``run_dir/test``."""
+    run_dir.mkdir(parents=True)
+    layer = run_dir / "learning_curve.yaml"
+    layer.write_text(
+        "+train#handlers:\n  - _target_: samora_monai.handlers.LearningCurveWriter\n"
+        "    output_dir: '@output_dir'\n    evaluator: '@validate#evaluator'\n"
+    )
+    paths = {**common, "ckpt_dir": str(run_dir / "models"), "resume_checkpoint": "$None"}
+    start = time.perf_counter()
+    print(f"compare: training {name} (log: {run_dir / 'train.log'})", flush=True)
+    _bundle_run("training", [*files, layer], {**paths, "output_dir": str(run_dir / "train")},
+                run_dir / "train.log", bundle_dir, env)  # fmt: skip
+    print(f"compare: evaluating {name} (log: {run_dir / 'evaluate.log'})", flush=True)
+    _bundle_run("evaluating", [*files, bundle_dir / "configs" / "evaluate.yaml"],
+                {**paths, "output_dir": str(run_dir / "test")}, run_dir / "evaluate.log", bundle_dir, env)
+    print(f"compare: {name} done in {time.perf_counter() - start:.0f} s", flush=True)
 
 
 def load_run(run_dir: Path, mode: str = "transunet") -> dict[str, Any]:
@@ -169,12 +198,16 @@ def compare(
     baseline: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     metric_mode: str = "transunet",
+    parallel: int = 1,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every overlay of ``bundle`` with the same ``datalist``/``dataset_dir``, ``epochs`` (None:
     each overlay's own recipe) and ``overrides`` (e.g. ``{"variant": "tiny"}``), one folder per run under
     ``output_dir`` (which must not hold these runs yet); then write the table and the plot.
 
-    ``baseline`` (default: the first overlay) sets the target Dice. Returns the table rows and the output paths.
+    ``baseline`` (default: the first overlay) sets the target Dice; ``parallel`` runs that many overlays at once
+    (each a process of its own; give each ``OMP_NUM_THREADS`` cores through ``env``, the environment of the runs).
+    Returns the table rows, the output paths and ``runs`` (each run's curve, metrics and folder).
     """
     bundle_dir, out = Path(bundle).resolve(), Path(output_dir).resolve()
     overlays = [overlays] if isinstance(overlays, str) else list(overlays)
@@ -190,24 +223,13 @@ def compare(
     common: dict[str, Any] = {"bundle_root": str(bundle_dir), "expert_dir": str(bundle_dir / "models" / "experts")}
     common.update({k: v for k, v in {"epochs": epochs, "datalist": datalist, "dataset_dir": dataset_dir}.items() if v})
     common.update(overrides or {})
-    runs = {}
-    for name, files in resolved.items():
-        run_dir = out / name
-        run_dir.mkdir(parents=True)
-        layer = run_dir / "learning_curve.yaml"
-        layer.write_text(
-            "+train#handlers:\n  - _target_: samora_monai.handlers.LearningCurveWriter\n"
-            "    output_dir: '@output_dir'\n    evaluator: '@validate#evaluator'\n"
-        )
-        paths = {"ckpt_dir": str(run_dir / "models"), "resume_checkpoint": "$None"}
-        logger.info("compare: training %s", name)
-        _bundle_run("training", [*files, layer], {**common, **paths, "output_dir": str(run_dir / "train")},
-                    run_dir / "train.log", bundle_dir)  # fmt: skip
-        logger.info("compare: evaluating %s", name)
-        eval_files = [*files, bundle_dir / "configs" / "evaluate.yaml"]
-        _bundle_run("evaluating", eval_files, {**common, **paths, "output_dir": str(run_dir / "test")},
-                    run_dir / "evaluate.log", bundle_dir)  # fmt: skip
-        runs[name] = load_run(run_dir, metric_mode)
+    jobs = {name: (files, out / name) for name, files in resolved.items()}
+    with ThreadPoolExecutor(max_workers=max(1, int(parallel))) as pool:  # each run is its own process
+        futures = {name: pool.submit(_train_and_evaluate, name, files, run_dir, bundle_dir, common, env)
+                   for name, (files, run_dir) in jobs.items()}
+        for future in futures.values():
+            future.result()  # the first failure, in run order
+    runs = {name: load_run(run_dir, metric_mode) for name, (_, run_dir) in jobs.items()}
     rows = _rows(runs, baseline)
     csv_path, md_path = _write_tables(rows, out, baseline)
     plot = _plot(runs, baseline, out / "dice_vs_epoch.png")
@@ -218,4 +240,5 @@ def compare(
             + ("never" if pct is None else f"at epoch {row['epoch_reaching_baseline']} ({pct:.1f}% of its epochs)")
         )
     print(f"table: {csv_path}, {md_path}; plot: {plot}")
-    return {"rows": rows, "csv": str(csv_path), "markdown": str(md_path), "plot": str(plot)}
+    return {"rows": rows, "csv": str(csv_path), "markdown": str(md_path), "plot": str(plot),
+            "runs": {name: {**runs[name], "dir": str(run_dir)} for name, (_, run_dir) in jobs.items()}}

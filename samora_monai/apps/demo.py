@@ -1,19 +1,21 @@
-"""``make demo`` / ``python -m samora_monai demo``: the whole SAMora pipeline on the built-in CT phantom.
+"""``make demo`` / ``python -m samora_monai demo``: the whole SAMora pipeline on the built-in CT phantom, compared
+with the SAMed baseline and the "no stage 1" ablation at the same label budget.
 
-The demo generates the phantom (:func:`~samora_monai.apps.phantom.make_demo_data`), cuts the stage-1 slices with the
-leakage guard, and then runs every workflow of the ``samora_synapse`` bundle through the real MONAI bundle CLI
-(``python -m monai.bundle run <workflow> --config_file ...`` in a subprocess), in order: the two teachers, the three
-stage-1 experts, stage-2 fine-tuning, inference on the held-out cases and their evaluation. A baseline (the same
-stage-2 network with the three experts loaded but untrained HL-Attn and decoder) is evaluated the same way, and a
-summary figure is drawn. Each step streams its output to the terminal and to ``<out>/logs/<step>.log``.
-
-Without a SAM checkpoint the demo runs the ``tiny`` backbone with RANDOM SAM weights on the CPU (under 15 minutes on
-2 cores); with ``sam_checkpoint`` (or the ``SAM_CHECKPOINT`` environment variable) it runs the real ViT-B at 224 px
-with the paper's teacher architectures (ResNet-50, ViT-B MAE), which needs a CUDA GPU.
+On the CPU the backbone is the ``tiny`` SAM configuration, by default a stand-in pre-trained once here
+(:mod:`samora_monai.apps.standin`, cached; NOT Segment Anything, it never sees a demo case or an organ label), else
+random weights (``backbone="random"``); with ``sam_checkpoint`` (or ``$SAM_CHECKPOINT``) the real ViT-B at 224 px,
+which needs a CUDA GPU. The demo generates the phantom (:func:`~samora_monai.apps.phantom.make_demo_data`) with a
+few-shot label budget (``labelled_slices`` annotated slices per training case), cuts the stage-1 slices with the
+leakage guard, and runs every workflow of the ``samora_synapse`` bundle through the real MONAI bundle CLI, each in
+its own process: the two teachers and the three stage-1 experts, then, through the comparison runner
+(:func:`~samora_monai.apps.compare.compare`), stage-2 training and evaluation on the held-out cases of SAMora
+(``train.yaml``), the SAMed baseline (``samed.yaml``) and SAMora without stage 1 (``ablations/no_stage1.yaml``),
+all with the same data, budget, epochs and optimiser settings. Up to ``parallel`` independent steps run at once.
 
 Layout of ``<out>``: ``data/`` (phantom, ``demo_datalist.json``), ``bundle/`` (a copy of the bundle's configs,
-``data/unlabeled`` slices, ``models/`` with teachers, experts and ``model.pt``, ``eval/`` TensorBoard files),
-``predictions/``, ``evaluation/``, ``baseline/``, ``logs/``, ``demo_summary.png`` and ``demo_summary.json``.
+``data/unlabeled`` slices, ``models/`` with teachers and experts), ``compare/`` (one folder per run: ``models/``,
+``train/learning_curve.csv``, ``test/metrics_*.json`` and ``test/predictions/``; ``comparison.csv|md``,
+``dice_vs_epoch.png``), ``logs/``, ``demo_summary.png`` and ``demo_summary.json``.
 """
 
 from __future__ import annotations
@@ -21,46 +23,30 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
-from samora_monai.apps.demo_settings import DemoSettings, demo_settings
-from samora_monai.apps.demo_steps import DemoRunner, DemoStepError, write_baseline, write_split
-from samora_monai.apps.stage1_pipeline import LEVELS, bundle_command, run_stage1
-from samora_monai.inferers.io import prediction_path
-from samora_monai.utils import as_bool, bundle_dir, case_name
+from samora_monai.apps.compare import compare
+from samora_monai.apps.demo_report import RUN_TITLES, print_summary, run_summary
+from samora_monai.apps.demo_settings import BASELINE_RUN, RUNS, DemoSettings, demo_settings
+from samora_monai.apps.demo_steps import DemoRunner, DemoStep, DemoStepError, write_split
+from samora_monai.apps.figures import demo_figure
+from samora_monai.apps.stage1_pipeline import LEVELS, STAGE1_STEPS, pipeline_env, run_stage1
+from samora_monai.utils import as_bool, atomic_output, bundle_dir, case_name
 
 __all__ = ["DemoSettings", "DemoStepError", "demo_settings", "run_demo"]
 
 BUNDLE_NAME = "samora_synapse"
-_OWNED = ("data", "bundle", "predictions", "evaluation", "baseline", "logs")  # replaced on every run
+LOSS_TITLES = {"teacher_image": "image teacher (NT-Xent)", "teacher_patch": "patch teacher (MAE)",
+               "expert_image": "image expert (distillation)", "expert_patch": "patch expert (masked tokens)",
+               "expert_pixel": "pixel expert (denoising)"}
+_OWNED = ("data", "bundle", "compare", "logs", "demo_summary.json", "demo_summary.png")  # replaced on every run
 
 
 def bundle_source() -> Path:
     """The shipped ``samora_synapse`` bundle folder (:func:`~samora_monai.utils.bundle_dir`)."""
     return bundle_dir(BUNDLE_NAME)
-
-
-def _table(summaries: dict[str, dict]) -> str:
-    """Per-organ Dice / HD95 for each metric mode, side by side."""
-    modes = list(summaries)
-    names = summaries[modes[0]]["class_names"]
-    head = f"{'organ':<14}" + "".join(
-        f"{'Dice (' + m + ')':>18}{'HD95 (' + summaries[m]['hd95_units'] + ')':>14}" for m in modes
-    )
-    lines = [head, "-" * len(head)]
-
-    def fmt(v: float | None, digits: int) -> str:
-        return "n/a" if v is None else f"{v:.{digits}f}"
-
-    for name in names:
-        cells = [summaries[m]["per_class"][name] for m in modes]
-        lines.append(f"{name:<14}" + "".join(f"{fmt(c['dice'], 4):>18}{fmt(c['hd95'], 2):>14}" for c in cells))
-    lines.append("-" * len(head))
-    lines.append(f"{'mean':<14}" + "".join(
-        f"{fmt(summaries[m]['mean_dice'], 4):>18}{fmt(summaries[m]['mean_hd95'], 2):>14}" for m in modes
-    ))
-    return "\n".join(lines)
 
 
 def _clear(out: Path) -> None:
@@ -72,190 +58,196 @@ def _clear(out: Path) -> None:
             target.unlink()
 
 
-def run_demo(
-    out: str = "demo_output",
-    quick: bool = False,
-    sam_checkpoint: str | None = None,
-    seed: int = 0,
-    figure_slices: int = 3,
-    num_threads: int = 1,
-) -> str:
-    """Run the whole SAMora pipeline on the phantom through the bundle CLI and print the results.
+def _as_overrides(args: list[str]) -> dict[str, str]:
+    """``["--key", "value", ...]`` -> ``{"key": "value", ...}``."""
+    return {k.lstrip("-"): v for k, v in zip(args[::2], args[1::2], strict=True)}
 
-    Args:
-        out: output folder; its sub-folders ``data bundle predictions evaluation baseline logs`` are replaced.
-        quick: the shortened variant (tiny phantom, one epoch per stage; used by the test); ignored when a SAM
-            checkpoint is given.
-        sam_checkpoint: a local SAM ViT-B checkpoint (``sam_vit_b_01ec64.pth``); default: ``$SAM_CHECKPOINT`` or,
-            when unset, the tiny backbone with RANDOM weights.
-        seed: phantom seed.
-        figure_slices: held-out slices shown in the figure.
-        num_threads: PyTorch CPU threads of each step (``OMP_NUM_THREADS``). The steps run one after another; 1 is
-            the robust default on a shared machine, where more threads than free cores slowed a training
-            iteration down 30-fold in our measurement (0.39 s with 1 thread, 13 s with 2 next to a busy process).
 
-    Returns:
-        the path of ``<out>/demo_summary.json``: mean Dice / HD95 of the fine-tuned model and of the baseline per
-        metric mode, the settings, timings and the paths of everything written.
-
-    Raises:
-        DemoStepError: a step failed (the message names the step and its log file).
-    """
-    from samora_monai.apps.figures import demo_figure
+def _data_steps(runner: DemoRunner, out: Path, settings: DemoSettings, seed: int) -> tuple[Path, Path, list, str]:
+    """The phantom, the few-shot datalist and the stage-1 slices: ``(data folder, datalist, held-out items, slice
+    datalist)``."""
     from samora_monai.apps.phantom import make_demo_data
     from samora_monai.data import prepare_unlabeled
     from samora_monai.data.datalists import TEST_SPLITS
 
-    quick = as_bool(quick)  # the command line may pass "true"/"false" as text
-    sam_checkpoint = sam_checkpoint or os.environ.get("SAM_CHECKPOINT") or None
-    if sam_checkpoint is not None and not os.path.isfile(sam_checkpoint):
-        raise FileNotFoundError(f"SAM checkpoint not found: {sam_checkpoint} (from sam_checkpoint / $SAM_CHECKPOINT)")
-    settings = demo_settings(quick, sam_checkpoint)
-    source = bundle_source()
-    out_dir = Path(out).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _clear(out_dir)
-    bundle_root, data_dir = out_dir / "bundle", out_dir / "data"
-    configs = bundle_root / "configs"
-    shutil.copytree(source / "configs", configs)
-    models = bundle_root / "models"
-    runner = DemoRunner(out_dir, total=13, num_threads=num_threads)
-    start = time.perf_counter()
-
-    if sam_checkpoint is None:
-        backbone_note = ("SAM backbone: 'tiny' ViT with RANDOM weights (no SAM checkpoint given; set SAM_CHECKPOINT="
-                         "/path/sam_vit_b_01ec64.pth for the real ViT-B). Runs on the CPU.")
-    else:
-        backbone_note = (f"SAM backbone: ViT-B with the pretrained weights of {sam_checkpoint}, 224 px; expects a "
-                         "CUDA GPU (about 10 GB of memory), CPU would take hours.")
-    print(f"SAMora demo -> {out_dir}\n{backbone_note}\nsettings: {settings}", flush=True)
-
-    # ---- data
-    runner.header("phantom", f"phantom CT: {settings.num_train} training, {settings.num_test} held-out, "
+    data_dir = out / "data"
+    runner.header("phantom", f"phantom CT: {settings.num_train} training cases ({settings.labelled_slices} labelled "
+                             f"slices each), {settings.num_val} validation, {settings.num_test} held-out, "
                              f"{settings.num_unlabeled} unlabeled cases, {list(settings.shape)} voxels")
     t = time.perf_counter()
-    phantom = make_demo_data(str(data_dir), settings.num_train, settings.num_test, settings.num_unlabeled,
-                             settings.shape, settings.spacing, seed)
-    datalist, held_out = write_split(data_dir, phantom)
-    held_out_images = [str((data_dir / item["image"]).resolve()) for item in held_out]
+    phantom = make_demo_data(str(data_dir), settings.num_train + settings.num_val, settings.num_test,
+                             settings.num_unlabeled, settings.shape, settings.spacing, seed)
+    datalist = write_split(data_dir, phantom, settings.num_val, settings.labelled_slices)
+    split = json.loads(datalist.read_text())
     runner.done("phantom", time.perf_counter() - t)
 
-    runner.header("slices", "stage-1 unlabeled slices (leakage guard: held-out cases excluded)")
+    runner.header("slices", "stage-1 unlabeled slices (leakage guard: held-out and validation cases excluded)")
     t = time.perf_counter()
-    exclude = [*TEST_SPLITS, *(case_name(p) for p in held_out_images)]
-    print(f"excluded from stage 1: {', '.join(Path(p).name for p in held_out_images)} and the splits "
-          f"{', '.join(TEST_SPLITS)}", flush=True)
-    unlabeled = prepare_unlabeled(str(bundle_root / "data" / "unlabeled"), datalist=phantom["dataset_json"],
+    exclude = [*TEST_SPLITS, *(case_name(item["image"]) for item in split["testing"] + split["validation"])]
+    print(f"excluded from stage 1: {', '.join(exclude)}", flush=True)
+    unlabeled = prepare_unlabeled(str(out / "bundle" / "data" / "unlabeled"), datalist=str(datalist),
                                   data_list_key="unlabeled", spatial_size=settings.img_size,
                                   min_body_fraction=settings.min_body_fraction, exclude=exclude)
     runner.done("slices", time.perf_counter() - t)
+    return data_dir, datalist, split["testing"], unlabeled
 
-    # ---- stage 1
+
+def _stage1_steps(bundle_root: Path, unlabeled: str, settings: DemoSettings) -> list[DemoStep]:
+    """The stage-1 bundle runs (teachers, experts), each expert after its own teacher."""
+    steps: list[DemoStep] = []
+    names = {name for name, *_ in STAGE1_STEPS}
+
+    def record(name: str, title: str, cmd: list[str], expect: list[Path]) -> None:
+        teacher = name.replace("expert_", "teacher_")
+        after = [teacher] if teacher != name and teacher in names else []
+        steps.append(DemoStep(name, title, cmd, expect, after=after))
+
     common = ["--img_size", str(settings.img_size), "--num_workers", "0", "--log_interval", "1"]
     run_stage1(
-        configs, bundle_root, unlabeled, overrides=["--batch_size", str(settings.batch_size), *common],
+        bundle_root / "configs", bundle_root, unlabeled, overrides=["--batch_size", str(settings.batch_size), *common],
         teacher_overrides={lv: ["--epochs", str(settings.teacher_epochs), *settings.teacher_overrides.get(lv, [])]
                            for lv in ("image", "patch")},
         expert_overrides={lv: ["--epochs", str(settings.expert_epochs), *settings.backbone,
                                *settings.head_overrides.get(lv, [])] for lv in LEVELS},
-        run_step=runner.command,
+        run_step=record,
     )
+    return steps
 
-    # ---- stage 2, inference, evaluation
-    stage2 = ["--datalist", str(datalist), *settings.backbone, "--img_size", str(settings.img_size),
-              "--num_workers", "0"]
-    runner.command(
-        "finetune", f"stage 2: fine-tuning HL-Attn + decoder on {settings.num_train} labelled volumes",
-        bundle_command("training", [configs / "train.yaml"], bundle_root,
-                    [*stage2, "--epochs", str(settings.finetune_epochs), "--val_interval",
-                     str(max(1, settings.finetune_epochs // 4)), "--batch_size", str(settings.finetune_batch_size),
-                     "--learning_rate", str(settings.learning_rate)]),
-        expect=[models / "model.pt"],
-    )
-    predictions = out_dir / "predictions"
-    runner.command(
-        "inference", f"inference on the {len(held_out_images)} held-out cases",
-        [*bundle_command("run", [configs / "inference.yaml"], bundle_root,
-                      [*settings.backbone, "--img_size", str(settings.img_size), "--num_workers", "0"]),
-         "--input_images", repr(held_out_images), "--output_dir", str(predictions)],
-        expect=[prediction_path(p, predictions) for p in held_out_images],
-    )
-    evaluation = out_dir / "evaluation"
-    eval_files = [evaluation / f"metrics_{m}.{e}" for m in ("transunet", "monai") for e in ("json", "csv")]
-    runner.command(
-        "evaluate", "evaluation of the fine-tuned model on the held-out cases (Dice, HD95; both metric modes)",
-        bundle_command("evaluating", [configs / "train.yaml", configs / "evaluate.yaml"], bundle_root,
-                    [*stage2, "--output_dir", str(evaluation), "--save_predictions", "False"]),
-        expect=eval_files,
-    )
 
-    # ---- baseline: the same network before fine-tuning
-    baseline_model = out_dir / "baseline" / "model.pt"
-    baseline_eval = out_dir / "baseline" / "evaluation"
-    runner.header("baseline_model", "baseline: stage-2 network with the three experts, untrained HL-Attn + decoder")
+def _compare_step(
+    runner: DemoRunner, bundle_root: Path, out: Path, datalist: Path, settings: DemoSettings, parallel: int
+) -> dict:
+    """Stage 2 of every run of :data:`RUNS` with the same data, budget and recipe, and its evaluation."""
+    runner.header("compare", "stage 2 at the same label budget, then evaluation on the held-out cases: "
+                             + "; ".join(title for _, title in RUNS.values()))
     t = time.perf_counter()
-    write_baseline(configs, bundle_root, stage2[2:], baseline_model)
-    print(f"wrote {baseline_model}", flush=True)
-    runner.done("baseline_model", time.perf_counter() - t)
-    runner.command(
-        "baseline_evaluate", "baseline: evaluation on the same held-out cases",
-        bundle_command("evaluating", [configs / "train.yaml", configs / "evaluate.yaml"], bundle_root,
-                    [*stage2, "--output_dir", str(baseline_eval), "--save_predictions", "False",
-                     "--checkpoint", str(baseline_model)]),
-        expect=[baseline_eval / "metrics_transunet.json"],
-    )
+    overrides = {
+        **_as_overrides(settings.backbone), **_as_overrides(settings.finetune_overrides),
+        "img_size": settings.img_size, "num_workers": 0, "batch_size": settings.finetune_batch_size,
+        "learning_rate": settings.learning_rate, "warmup_iters": settings.warmup_iters,
+        "val_interval": settings.val_interval, "select_model": False,  # validation draws the curves only
+    }
+    result = compare(str(bundle_root), [overlay for overlay, _ in RUNS.values()], str(out),
+                     epochs=settings.finetune_epochs, datalist=str(datalist), baseline=BASELINE_RUN,
+                     overrides=overrides, parallel=parallel, env=pipeline_env(runner.num_threads))  # fmt: skip
+    runner.done("compare", time.perf_counter() - t)
+    return result
 
-    # ---- figure and summary
+
+def run_demo(
+    out: str = "demo_output",
+    quick: bool = False,
+    sam_checkpoint: str | None = None,
+    backbone: str = "standin",
+    seed: int = 0,
+    figure_slices: int = 3,
+    num_threads: int = 1,
+    parallel: int = 2,
+    cache_dir: str | None = None,
+) -> str:
+    """Run the whole SAMora pipeline on the phantom through the bundle CLI, compare it at the same label budget with
+    the SAMed baseline and the "no stage 1" ablation, and print the results.
+
+    Args:
+        out: output folder; its sub-folders ``data bundle compare logs`` are replaced.
+        quick: the shortened variant (tiny phantom, a few iterations per stage; used by the tests); ignored when a
+            SAM checkpoint is given.
+        sam_checkpoint: a local SAM ViT-B checkpoint (``sam_vit_b_01ec64.pth``); default ``$SAM_CHECKPOINT``; when
+            neither is given the ``tiny`` SAM configuration runs with ``backbone``.
+        backbone: without a SAM checkpoint: ``"standin"`` (default), the tiny SAM pre-trained once here on data
+            disjoint from the demo (:mod:`samora_monai.apps.standin`; NOT Segment Anything) and cached in
+            ``cache_dir``, or ``"random"``, random SAM weights.
+        seed: phantom seed.
+        figure_slices: held-out slices shown in the figure.
+        num_threads: PyTorch CPU threads of each step (``OMP_NUM_THREADS``); 1 is the robust default on a shared
+            machine, where more threads than free cores slowed a training iteration down 30-fold in our
+            measurement (0.39 s with 1 thread, 13 s with 2 next to a busy process).
+        parallel: steps that may run at once (independent stage-1 steps, the compared stage-2 runs); the stand-in
+            pre-training uses ``parallel`` threads.
+        cache_dir: folder of the cached stand-in checkpoint (default ``$SAMORA_CACHE`` or ``~/.cache/samora_monai``).
+
+    Returns:
+        the path of ``<out>/demo_summary.json``: backbone, settings, per-run mean and per-organ Dice / HD95,
+        epochs to reach the baseline's final validation Dice, timings and the paths of everything written.
+
+    Raises:
+        DemoStepError: a step failed (the message names the step and its log file).
+    """
+    from samora_monai.apps.standin import STANDIN_NOTE, standin_path, standin_settings
+
+    quick, parallel = as_bool(quick), max(1, int(parallel))  # the command line may pass "true"/"false" as text
+    sam_checkpoint = sam_checkpoint or os.environ.get("SAM_CHECKPOINT") or None
+    if sam_checkpoint is not None and not os.path.isfile(sam_checkpoint):
+        raise FileNotFoundError(f"SAM checkpoint not found: {sam_checkpoint} (from sam_checkpoint / $SAM_CHECKPOINT)")
+    settings = demo_settings(quick, sam_checkpoint, backbone)
+    out_dir = Path(out).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _clear(out_dir)
+    bundle_root = out_dir / "bundle"
+    shutil.copytree(bundle_source() / "configs", bundle_root / "configs")
+    use_standin = sam_checkpoint is None and backbone == "standin"
+    runner = DemoRunner(out_dir, total=9 + use_standin, num_threads=num_threads)
+    start = time.perf_counter()
+
+    if sam_checkpoint is not None:
+        note = (f"SAM backbone: ViT-B with the pretrained weights of {sam_checkpoint}, 224 px; expects a CUDA GPU "
+                "(about 10 GB of memory), CPU would take hours.")
+        name = f"vit_b ({sam_checkpoint})"
+    elif use_standin:
+        stand_in = standin_path(standin_settings(settings.img_size, settings.standin_quick, seed), cache_dir)
+        note, name = STANDIN_NOTE, f"tiny, stand-in pre-trained here, NOT SAM ({stand_in})"
+        settings.backbone = [*settings.backbone, "--sam_checkpoint", str(stand_in)]
+    else:
+        note, name = "SAM backbone: 'tiny' ViT with RANDOM weights (no pre-training at all).", "tiny, RANDOM weights"
+    print(f"SAMora demo -> {out_dir}\n{note}\nsettings: {settings}", flush=True)
+    if use_standin and stand_in.is_file():
+        runner.header("standin", "stand-in SAM backbone (NOT Segment Anything)")
+        print(f"cached: {stand_in} (its record: {stand_in}.json)", flush=True)
+        runner.done("standin", 0.0)
+    elif use_standin:
+        runner.num_threads = parallel
+        runner.command("standin", "stand-in SAM backbone: pre-trained once here, then cached (NOT Segment Anything)",
+                       [sys.executable, "-m", "samora_monai", "pretrain_standin", "--img_size", str(settings.img_size),
+                        "--quick", str(settings.standin_quick), "--seed", str(seed), "--cache_dir",
+                        str(stand_in.parent)], expect=[stand_in])  # fmt: skip
+        runner.num_threads = num_threads
+
+    data_dir, datalist, held_out, unlabeled = _data_steps(runner, out_dir, settings, seed)
+    stage1 = _stage1_steps(bundle_root, unlabeled, settings)
+    runner.run_parallel(stage1, parallel)
+    comparison = _compare_step(runner, bundle_root, out_dir / "compare", datalist, settings, parallel)
+
     runner.header("figure", "summary figure")
     t = time.perf_counter()
     figure = out_dir / "demo_summary.png"
-    losses = {title: runner.logs / f"{name}.log" for name, title in (
-        ("teacher_image", "teacher: image (contrastive)"), ("teacher_patch", "teacher: patch (MAE)"),
-        ("expert_image", "stage 1: image expert"), ("expert_patch", "stage 1: patch expert"),
-        ("expert_pixel", "stage 1: pixel expert"), ("finetune", "stage 2: fine-tuning"))}
-    demo_figure(figure, held_out_images, [str((data_dir / i["label"]).resolve()) for i in held_out],
-                predictions, losses, num_slices=figure_slices)
+    runs = comparison["runs"]
+    images = [str((data_dir / item["image"]).resolve()) for item in held_out]
+    demo_figure(
+        figure, images, [str((data_dir / item["label"]).resolve()) for item in held_out],
+        {RUN_TITLES[n]: Path(r["dir"]) / "test" / "predictions" for n, r in runs.items()},
+        {LOSS_TITLES[step.name]: runner.logs / f"{step.name}.log" for step in stage1},
+        {RUN_TITLES[n]: [(e, d) for e, d, _ in r["curve"] if d is not None] for n, r in runs.items()},
+        num_slices=figure_slices,
+    )
     runner.done("figure", time.perf_counter() - t)
 
-    summaries = {m: json.loads((evaluation / f"metrics_{m}.json").read_text()) for m in ("transunet", "monai")}
-    baseline = {m: json.loads((baseline_eval / f"metrics_{m}.json").read_text()) for m in ("transunet", "monai")}
     total = time.perf_counter() - start
-    written = {
-        "phantom": str(data_dir), "datalist": str(datalist), "unlabeled_slices": unlabeled,
-        "teachers": [str(models / "teachers" / f"{lv}.pt") for lv in ("image", "patch")],
-        "experts": [str(models / "experts" / f"{lv}.pt") for lv in LEVELS],
-        "model": str(models / "model.pt"), "predictions": str(predictions),
-        "evaluation": [str(p) for p in eval_files], "baseline": str(baseline_eval), "figure": str(figure),
-        "logs": str(runner.logs), "tensorboard": str(bundle_root / "eval"),
-    }
     result = {
-        "backbone": "vit_b (" + sam_checkpoint + ")" if sam_checkpoint else "tiny, RANDOM SAM weights",
+        "backbone": name,
+        "backbone_note": note,
         "quick": quick,
-        "settings": {k: v for k, v in settings.__dict__.items() if k not in ("teacher_overrides", "head_overrides")},
-        "mean_dice": {m: summaries[m]["mean_dice"] for m in summaries},
-        "baseline_mean_dice": {m: baseline[m]["mean_dice"] for m in baseline},
-        "mean_hd95": {m: summaries[m]["mean_hd95"] for m in summaries},
-        "baseline_mean_hd95": {m: baseline[m]["mean_hd95"] for m in baseline},
+        "settings": {k: v for k, v in settings.__dict__.items() if not k.endswith("_overrides")},
+        "label_budget": json.loads(datalist.read_text())["training"],
+        "runs": {n: run_summary(comparison, n) for n in runs},
+        "baseline": BASELINE_RUN,
         "seconds": round(total, 1),
         "step_seconds": runner.timings,
-        "written": written,
+        "written": {"data": str(data_dir), "datalist": str(datalist), "unlabeled_slices": unlabeled,
+                    "bundle": str(bundle_root), "comparison": [comparison["csv"], comparison["markdown"]],
+                    "figure": str(figure), "logs": str(runner.logs)},
     }
     summary_path = out_dir / "demo_summary.json"
-    summary_path.write_text(json.dumps(result, indent=2))
-
-    print(f"\n{'=' * 100}\nResults on the {len(held_out_images)} held-out phantom cases "
-          f"({', '.join(summaries['transunet']['cases'])}); {backbone_note}")
-    print("transunet mode: HD95 in voxels with the published empty-mask rules; "
-          "monai mode: spacing-aware HD95 in mm.\n")
-    print(_table(summaries))
-    print("\nBaseline (same network, experts loaded, untrained HL-Attn + decoder) vs fine-tuned, mean Dice:")
-    for m in summaries:
-        print(f"  {m:<10} baseline {baseline[m]['mean_dice'] or 0:.4f}  ->  "
-              f"fine-tuned {summaries[m]['mean_dice'] or 0:.4f}")
-    print(f"\ntotal run time: {total / 60:.1f} min ({total:.0f} s); per step: "
-          + ", ".join(f"{k} {v:.0f} s" for k, v in runner.timings.items()))
-    print("\nwritten:")
-    for key, value in {**written, "summary": str(summary_path)}.items():
-        for v in value if isinstance(value, list) else [value]:
-            print(f"  {key:<17} {v}")
+    with atomic_output(summary_path) as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
+    print_summary(result, [case_name(item["image"]) for item in held_out], summary_path)
     return str(summary_path)

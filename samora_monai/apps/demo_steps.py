@@ -1,22 +1,38 @@
-"""The machinery of the demo's steps: numbered, logged subprocess steps, the demo's datalist and the baseline
-network."""
+"""The machinery of the demo's steps: numbered, logged subprocess steps (one at a time or in parallel) and the demo's
+few-shot datalist."""
 
 from __future__ import annotations
 
-import ast
 import json
+import re
+import subprocess
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from samora_monai.apps.stage1_pipeline import pipeline_env, run_checked
+from samora_monai.apps.stage1_pipeline import check_step, pipeline_env, run_checked
 from samora_monai.utils import atomic_output
 
-__all__ = ["DemoRunner", "DemoStepError", "write_baseline", "write_split"]
+__all__ = ["DemoRunner", "DemoStep", "DemoStepError", "few_shot_slices", "write_split"]
 
 
 class DemoStepError(RuntimeError):
     """A demo step exited with an error; the message names the step and its log file."""
+
+
+_PROGRESS = re.compile(rb"Epoch: \d+/\d+, Iter: \d+/\d+")
+
+
+@dataclass
+class DemoStep:
+    """One subprocess step: it starts once the steps named in ``after`` have finished."""
+
+    name: str
+    title: str
+    cmd: Sequence[str]
+    expect: Sequence[Path] = ()
+    after: Sequence[str] = ()
 
 
 class DemoRunner:
@@ -47,37 +63,72 @@ class DemoRunner:
         self.done(name, time.perf_counter() - start)
         return log
 
+    def run_parallel(self, steps: Sequence[DemoStep], parallel: int = 2, report_every: float = 30.0) -> None:
+        """Run ``steps``, at most ``parallel`` at once, each after its ``after`` steps; their output goes to
+        ``logs/<name>.log`` only, the terminal gets a line when a step starts or ends and, every ``report_every``
+        seconds, the last progress line of each running step. A failure stops the others and raises
+        :class:`DemoStepError` naming the step and its log."""
+        pending, running, finished = list(steps), {}, set()
+        env, last_report = pipeline_env(self.num_threads), time.perf_counter()
+        try:
+            while pending or running:
+                ready = [s for s in pending if set(s.after) <= finished]
+                for step in ready[: max(1, parallel) - len(running)]:
+                    pending.remove(step)
+                    self.header(step.name, f"{step.title} (log: {self.logs / f'{step.name}.log'})")
+                    log = open(self.logs / f"{step.name}.log", "wb")
+                    log.write((" ".join(step.cmd) + "\n").encode())
+                    log.flush()
+                    proc = subprocess.Popen(list(step.cmd), cwd=self.out, env=env, stdout=log, stderr=subprocess.STDOUT)
+                    running[step.name] = (step, proc, log, self.index, time.perf_counter())
+                time.sleep(0.2)
+                for name, (step, proc, log, index, start) in list(running.items()):
+                    if proc.poll() is None:
+                        continue
+                    log.close()
+                    del running[name]
+                    label = f"demo step [{index}/{self.total}] {step.title!r}"
+                    check_step(label, proc.returncode, self.logs / f"{name}.log", step.expect, DemoStepError)
+                    finished.add(name)
+                    self.timings[name] = round(time.perf_counter() - start, 1)
+                    print(f"[{index}/{self.total}] {step.title}: done in {self.timings[name]:.1f} s", flush=True)
+                if running and time.perf_counter() - last_report > report_every:
+                    last_report = time.perf_counter()
+                    for name in running:
+                        found = _PROGRESS.findall((self.logs / f"{name}.log").read_bytes())
+                        print(f"  ... {name}: " + (found[-1].decode() if found else "starting"), flush=True)
+        finally:
+            for _, proc, log, _, _ in running.values():
+                proc.kill()
+                proc.wait()
+                log.close()
 
-def write_split(data_dir: Path, phantom: dict) -> tuple[Path, list[dict]]:
-    """``demo_datalist.json``: training = the labelled training cases, testing = the held-out cases. No
-    ``validation`` section (every labelled case trains; one may not both train and select): ``model.pt`` is the
-    last-epoch network, so no held-out case selects the model."""
+
+def few_shot_slices(label: str | Path, count: int | None) -> list[int]:
+    """``count`` axial slice indices spread evenly over the slices of ``label`` (a NIfTI label volume) that hold
+    foreground: the demo's label budget per training case. ``None``: every foreground slice."""
+    import nibabel as nib
+    import numpy as np
+
+    volume = np.asarray(nib.load(str(label)).dataobj)
+    indices = np.flatnonzero(volume.reshape(-1, volume.shape[-1]).any(axis=0))
+    if count is None or count >= len(indices):
+        return indices.tolist()
+    return indices[np.linspace(0, len(indices) - 1, count).round().astype(int)].tolist()
+
+
+def write_split(data_dir: Path, phantom: dict, num_val: int, labelled_slices: int | None) -> Path:
+    """``demo_datalist.json``: ``training`` = the labelled training cases, each with the ``slices`` of the label
+    budget (:func:`few_shot_slices`), ``validation`` = the last ``num_val`` of them (whole volumes, for the
+    Dice-versus-epoch curves only: the demo keeps the last-epoch model), ``testing`` = the held-out cases,
+    ``unlabeled`` = the phantom's unlabeled images (training and unlabeled cases) less the validation cases."""
     source = json.loads(Path(phantom["dataset_json"]).read_text())
-    split = {"training": source["training"], "testing": source["testing"]}
+    labelled = source["training"]
+    train, val = labelled[: len(labelled) - num_val], labelled[len(labelled) - num_val:]
+    train = [{**item, "slices": few_shot_slices(data_dir / item["label"], labelled_slices)} for item in train]
     path = data_dir / "demo_datalist.json"
     with atomic_output(path) as tmp:
+        unlabeled = [item for item in source["unlabeled"] if item["image"] not in {v["image"] for v in val}]
+        split = {"training": train, "validation": val, "testing": source["testing"], "unlabeled": unlabeled}
         tmp.write_text(json.dumps(split, indent=2))
-    return path, source["testing"]
-
-
-def write_baseline(configs: Path, bundle_root: Path, overrides: Sequence[str], path: Path) -> None:
-    """The stage-2 network exactly as fine-tuning starts it (experts loaded, HL-Attn and decoder freshly initialised
-    with the training seed), saved as a whole-network state dict."""
-    import torch
-    from monai.bundle import ConfigParser
-    from monai.utils import set_determinism
-
-    parser = ConfigParser()
-    parser.read_config(str(configs / "train.yaml"))
-    parser["bundle_root"] = str(bundle_root)
-    for key, value in zip(overrides[::2], overrides[1::2], strict=True):
-        try:  # as the bundle CLI (python-fire) reads values: numbers and lists become Python objects
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            pass
-        parser[key.lstrip("-")] = value
-    set_determinism(seed=int(parser.get_parsed_content("seed")))
-    net = parser.get_parsed_content("network_def")
-    with atomic_output(path) as tmp:
-        torch.save(net.state_dict(), tmp)
-    set_determinism(None)
+    return path

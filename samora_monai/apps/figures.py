@@ -1,4 +1,5 @@
-"""The demo's summary figure: held-out slices (CT, ground truth, prediction) and the training loss of every stage.
+"""The demo's summary figure: held-out slices (CT, ground truth, each run's prediction), the training loss of every
+stage-1 step and the validation Dice of every run against the epoch.
 
 The loss curves are read from the workflows' logs, the lines MONAI's ``StatsHandler`` writes
 (``Epoch: e/E, Iter: i/I -- <tag>: <value>``), so any bundle run's log can be plotted.
@@ -87,8 +88,9 @@ def demo_figure(
     path: str | os.PathLike,
     images: Sequence[str],
     labels: Sequence[str],
-    predictions: str | os.PathLike,
+    predictions: Mapping[str, str | os.PathLike],
     loss_logs: Mapping[str, str | os.PathLike],
+    curves: Mapping[str, Sequence[tuple[int, float]]],
     num_slices: int = 3,
     class_names: Sequence[str] = SYNAPSE_CLASSES,
     window: Sequence[float] = CT_WINDOW,
@@ -98,56 +100,67 @@ def demo_figure(
     Args:
         path: output PNG.
         images, labels: held-out CT volumes (HU) and their BTCV-id labels (mapped to the Synapse classes here).
-        predictions: folder of ``<case>_seg.nii.gz`` label volumes (Synapse classes) from the inference workflow.
+        predictions: run title -> folder of its ``<case>_seg.nii.gz`` label volumes (Synapse classes); one column
+            per run beside the CT and the ground truth.
         loss_logs: panel title -> log file of a training workflow.
-        num_slices: rows of slices (CT | ground truth | prediction).
+        curves: run title -> ``[(epoch, validation mean Dice)]``, drawn together in the last panel.
+        num_slices: rows of slices.
         class_names: the organ names of the legend.
         window: CT display window (HU).
     """
-    preds, gts, cts = [], [], []
+    runs = {title: [] for title in predictions}
+    gts, cts = [], []
     for image, label in zip(images, labels, strict=True):
-        pred_path = prediction_path(image, predictions)
-        if not pred_path.is_file():
-            raise FileNotFoundError(f"prediction for {image} not found: {pred_path}")
+        for title, folder in predictions.items():
+            pred_path = prediction_path(image, folder)
+            if not pred_path.is_file():
+                raise FileNotFoundError(f"{title}: prediction for {image} not found: {pred_path}")
+            runs[title].append(_load(pred_path).astype(np.int64))
         cts.append(_load(image))
         gts.append(_to_synapse(_load(label)))
-        preds.append(_load(pred_path).astype(np.int64))
     chosen = pick_slices(gts, num_slices)
-    loss_rows = math.ceil(len(loss_logs) / 3)
-    rows = len(chosen) + loss_rows
-    fig = plt.figure(figsize=(12, 3.6 * len(chosen) + 2.8 * loss_rows), constrained_layout=True)
-    grid = fig.add_gridspec(rows, 3, height_ratios=[1.3] * len(chosen) + [1.0] * loss_rows)
+    cols = 2 + len(runs)
+    panels = [*loss_logs.items(), ("validation mean Dice", None)]
+    plot_rows = math.ceil(len(panels) / cols)
+    fig = plt.figure(figsize=(3.2 * cols, 3.4 * len(chosen) + 2.8 * plot_rows), constrained_layout=True)
+    grid = fig.add_gridspec(len(chosen) + plot_rows, cols, height_ratios=[1.3] * len(chosen) + [1.0] * plot_rows)
     cmap = ListedColormap(ORGAN_COLOURS[: len(class_names)])
     for row, (case, z) in enumerate(chosen):
         ct = _display(np.clip(cts[case][..., z], *window))
-        name = case_name(images[case])
-        panels = (("CT", None), ("ground truth", gts[case]), ("prediction", preds[case]))
-        for col, (title, overlay) in enumerate(panels):
+        columns = [(f"{case_name(images[case])}, slice {z}", None), ("ground truth", gts[case])]
+        columns += [(title, volumes[case]) for title, volumes in runs.items()]
+        for col, (title, overlay) in enumerate(columns):
             ax = fig.add_subplot(grid[row, col])
             ax.imshow(ct, cmap="gray", vmin=window[0], vmax=window[1], interpolation="nearest")
             if overlay is not None:
                 mask = _display(overlay[..., z]).astype(float)
                 shown = np.ma.masked_where(mask == 0, mask - 1)
                 ax.imshow(shown, cmap=cmap, vmin=0, vmax=len(class_names) - 1, alpha=0.55, interpolation="nearest")
-            ax.set_title(f"{name}, slice {z}: {title}", fontsize=10)
+            ax.set_title(title, fontsize=10)
             ax.axis("off")
     handles = [Patch(color=ORGAN_COLOURS[i], label=n.replace("_", " ")) for i, n in enumerate(class_names)]
     fig.legend(handles=handles, loc="outside upper center", ncol=len(class_names), fontsize=9, frameon=False)
-    for i, (title, log) in enumerate(loss_logs.items()):
-        ax = fig.add_subplot(grid[len(chosen) + i // 3, i % 3])
-        its, values = read_loss_log(log)
-        if len(its):
-            ax.plot(its, values, lw=1.2, color="#333333", marker="." if len(its) < 30 else None)
+    for i, (title, log) in enumerate(panels):
+        ax = fig.add_subplot(grid[len(chosen) + i // cols, i % cols])
+        if log is None:
+            for name, points in curves.items():
+                ax.plot([e for e, _ in points], [d for _, d in points], marker="o", ms=3, label=name)
+            ax.set_xlabel("epoch", fontsize=8)
+            ax.legend(fontsize=8)
         else:
-            ax.text(0.5, 0.5, "no loss logged", ha="center", va="center", transform=ax.transAxes)
+            its, values = read_loss_log(log)
+            if len(its):
+                ax.plot(its, values, lw=1.2, color="#333333", marker="." if len(its) < 30 else None)
+            else:
+                ax.text(0.5, 0.5, "no loss logged", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xlabel("iteration", fontsize=8)
+            ax.set_ylabel("loss", fontsize=8)
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("iteration", fontsize=8)
-        ax.set_ylabel("loss", fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
     out = Path(path)
     with atomic_output(out) as tmp:
-        fig.savefig(tmp, dpi=110, format=out.suffix.lstrip(".") or "png")
+        fig.savefig(tmp, dpi=100, format=out.suffix.lstrip(".") or "png")
     plt.close(fig)
     return out

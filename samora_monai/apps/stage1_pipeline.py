@@ -18,7 +18,8 @@ import samora_monai
 from samora_monai.networks import DEFAULT_LEVELS
 
 __all__ = [
-    "STAGE1_BASE", "STAGE1_STEPS", "Stage1Error", "bundle_command", "pipeline_env", "run_logged", "run_stage1",
+    "STAGE1_BASE", "STAGE1_STEPS", "Stage1Error", "bundle_command", "check_step", "pipeline_env", "run_logged",
+    "run_stage1",
     "stage1_configs",
 ]
 
@@ -92,9 +93,15 @@ def run_checked(
     expect: Sequence[Path] = (),
     error: type[Exception] = Stage1Error,
 ) -> None:
-    """:func:`run_logged`, then raise ``error`` naming ``label`` and the log when the command fails or a file of
-    ``expect`` is missing."""
-    code = run_logged(cmd, log, cwd, env)
+    """:func:`run_logged`, then :func:`check_step`."""
+    check_step(label, run_logged(cmd, log, cwd, env), log, expect, error)
+
+
+def check_step(
+    label: str, code: int, log: Path, expect: Sequence[Path] = (), error: type[Exception] = Stage1Error
+) -> None:
+    """Raise ``error`` naming ``label`` and the log when a step's exit ``code`` is not 0 or a file of ``expect`` is
+    missing."""
     if code != 0:
         raise error(f"{label} failed (exit code {code}); its full output is in {log}")
     absent = [str(p) for p in expect if not p.exists()]

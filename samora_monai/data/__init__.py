@@ -38,6 +38,9 @@ from samora_monai.data.transforms import (
     volume_transforms,
 )
 from samora_monai.data.unlabeled import UnlabeledSliceDataset, case_ids, check_leakage, prepare_unlabeled
+from samora_monai.utils import submodule_getattr
+
+__getattr__ = submodule_getattr(__name__)  # samora_monai.data.bundle_data loads on first access
 
 __all__ = [
     "BTCV_TO_SYNAPSE",

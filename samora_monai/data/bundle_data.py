@@ -42,16 +42,18 @@ from samora_monai.data import (
     transunet_synapse_datalist,
 )
 from samora_monai.data.dicom import is_dicom_input
-from samora_monai.data.leakage import check_leakage
+from samora_monai.data.leakage import check_leakage, check_unlabeled_datalist, exclude_test_cases
 from samora_monai.utils import optional_value
 
 __all__ = [
     "SETTINGS",
+    "checked_unlabeled_datalist",
     "datalist_section",
     "find_images",
     "load_datalist",
     "published_test_splits",
     "selects_model",
+    "training_items",
     "validation_items",
 ]
 
@@ -145,6 +147,25 @@ def validation_items(
             "network)"
         ) from None
     return items
+
+
+def training_items(datalist: dict[str, list[dict]], exclude: Sequence[str] = ()) -> list[dict]:
+    """The ``training`` items, refused (``ValueError``, naming them) when one is a ``testing`` case of the datalist or
+    a case of the published test splits in ``exclude`` (the leakage guard)."""
+    return exclude_test_cases(datalist_section(datalist, "training"), datalist, exclude, sections=["testing"])
+
+
+def checked_unlabeled_datalist(
+    path: str | os.PathLike, exclude: Sequence[str] = (), datalist: str | os.PathLike | None = None
+) -> str | os.PathLike:
+    """``path``, the stage-1 unlabeled datalist, once :func:`~samora_monai.data.check_unlabeled_datalist` found none
+    of its source volumes among the cases of ``exclude`` (published test splits) or the ``testing``/``validation``
+    items of ``datalist`` (the stage-2 datalist JSON; None: none). A missing file is returned unchecked, for the
+    dataset to report."""
+    if not os.path.isfile(path):
+        return path
+    held_out = load_datalist(datalist) if optional_value(datalist) is not None else None
+    return check_unlabeled_datalist(path, exclude, held_out)
 
 
 def _volumes(items: list[dict]) -> list[dict]:

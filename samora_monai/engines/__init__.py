@@ -1,28 +1,7 @@
 """Ignite/MONAI engines: the stage-1 self-supervised trainer and the factories the bundle configs call."""
 
-from samora_monai.engines.factories import (
-    expert_files,
-    expert_modules,
-    latest_checkpoint,
-    stage1_student,
-    stage1_teacher,
-    stage2_experts,
-    stage2_network,
-    trainable_parameters,
-    unlabeled_dataset,
-)
+from samora_monai.engines import factories
+from samora_monai.engines.factories import *  # noqa: F403 (re-exports factories.__all__, listed once there)
 from samora_monai.engines.trainer import SelfSupervisedTrainer, StudentLoss
 
-__all__ = [
-    "SelfSupervisedTrainer",
-    "StudentLoss",
-    "expert_files",
-    "expert_modules",
-    "latest_checkpoint",
-    "stage1_student",
-    "stage1_teacher",
-    "stage2_experts",
-    "stage2_network",
-    "trainable_parameters",
-    "unlabeled_dataset",
-]
+__all__ = ["SelfSupervisedTrainer", "StudentLoss", *factories.__all__]

@@ -31,6 +31,7 @@ __all__ = [
     "latest_checkpoint",
     "stage1_student",
     "stage1_teacher",
+    "stage2_ablation",
     "stage2_experts",
     "stage2_network",
     "trainable_parameters",
@@ -185,6 +186,16 @@ def stage2_experts(
         )
     logger.info("stage-1 experts: %s", found)
     return found
+
+
+def stage2_ablation(
+    allow_missing: bool | str, experts: Mapping[str, str], levels: Sequence[str] = DEFAULT_LEVELS
+) -> str | None:
+    """The ablation ``models/model_meta.json`` records: "no stage 1" when ``allow_missing`` let :func:`stage2_experts`
+    leave out some of ``levels``' expert files (``experts``: what it returned), else None."""
+    if as_bool(allow_missing) and len(experts) < len(levels):
+        return "no stage 1: zero-initialised experts (SAM + HL-Attn, not SAMora)"
+    return None
 
 
 def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = "latest") -> str | None:

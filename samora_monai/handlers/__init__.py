@@ -2,7 +2,7 @@
 loading, the non-finite loss guard, H-SAM's dual-loss epoch, learning curves, progress and reports."""
 
 from samora_monai.handlers.atomic_checkpoint import AtomicCheckpointSaver, AtomicDiskSaver, resume_files
-from samora_monai.handlers.checkpoint import ResumeCheckpointLoader, ResumeCheckpointSaver
+from samora_monai.handlers.checkpoint import ResumeCheckpointLoader, ResumeCheckpointSaver, resume_state
 from samora_monai.handlers.deliverable_writer import ExpertWriter, TeacherWriter
 from samora_monai.handlers.dual_loss import DualLossEpochHandler
 from samora_monai.handlers.finite_loss import StopOnNonFiniteLoss, batch_sources
@@ -36,4 +36,5 @@ __all__ = [
     "load_model_weights",
     "log_every",
     "resume_files",
+    "resume_state",
 ]

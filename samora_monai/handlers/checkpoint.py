@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from ignite.engine import Engine
 from monai.handlers import CheckpointLoader
+from torch import nn
 
 from samora_monai.handlers.atomic_checkpoint import AtomicCheckpointSaver
 
-__all__ = ["ResumeCheckpointLoader", "ResumeCheckpointSaver"]
+__all__ = ["ResumeCheckpointLoader", "ResumeCheckpointSaver", "resume_state"]
+
+
+def resume_state(model: nn.Module | Mapping[str, Any], optimizer: Any, lr_scheduler: Any, **extra: Any) -> dict:
+    """What a resume checkpoint holds: ``model`` (a network, saved as ``"model"``, or a mapping of named modules), the
+    optimiser and LR schedule, and the ``extra`` objects that are not None (e.g. ``best_model``: the best-model
+    saver, whose best score so far must survive a resume; None when model selection is off)."""
+    modules = {"model": model} if isinstance(model, nn.Module) else dict(model)
+    return {**modules, "optimizer": optimizer, "lr_scheduler": lr_scheduler,
+            **{k: v for k, v in extra.items() if v is not None}}
 
 
 class ResumeCheckpointLoader(CheckpointLoader):

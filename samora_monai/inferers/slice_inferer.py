@@ -115,20 +115,35 @@ class ResizedSliceInferer(SliceInferer):
         *args: Any,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """``x``: ``[N, C, 1, Y, Z]``-like slab of ``N`` slices -> logits of the same layout at slice size."""
+        """``x``: ``[N, C, 1, Y, Z]``-like slab of ``N`` slices -> :meth:`infer_slices`' output, same layout."""
         dim = self.spatial_dim + 2
         if isinstance(x, MetaTensor):
             x = x.as_tensor()  # the network sees a plain tensor
-        x = x.squeeze(dim)
+        cond = None if condition is None else condition.squeeze(dim)
+        return self.infer_slices(network, x.squeeze(dim), cond, *args, **kwargs).unsqueeze(dim)
+
+    def infer_slices(
+        self, network: Callable[..., torch.Tensor], x: torch.Tensor, condition: torch.Tensor | None = None,
+        *args: Any, **kwargs: Any,
+    ) -> torch.Tensor:
+        """Slices ``x`` ``[N, C, Y, Z]`` (``condition``: passed to the network after them) -> logits
+        ``[N, K+1, Y, Z]``: resized to ``spatial_size`` for the network, and back to the slice size."""
         slice_size = x.shape[-2:]
         if self.spatial_size is not None:
             x = self._resize(x, self.spatial_size, self.input_mode)
-        cond = [] if condition is None else [condition.squeeze(dim)]
+        cond = [] if condition is None else [condition]
+        out = self.run_network(network, x, *cond, *args, **kwargs)
+        return self._resize(out.float(), slice_size, self.output_mode)
+
+    def run_network(
+        self, network: Callable[..., torch.Tensor], x: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """``network(x, *args, **kwargs)`` (autocast with ``amp`` on CUDA), checked to be logits ``[N, K+1, h, w]``
+        for the ``N`` slices of ``x``."""
         use_amp = self.amp and x.device.type == "cuda"
         with autocast(x.device, self.amp_dtype if use_amp else None):
-            out = network(x, *cond, *args, **kwargs)
+            out = network(x, *args, **kwargs)
         if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[0] != x.shape[0]:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise RuntimeError(f"the network must return logits [N, K+1, h, w] for {x.shape[0]} slices, got {shape}")
-        out = self._resize(out.float(), slice_size, self.output_mode)
-        return out.unsqueeze(dim)
+        return out

@@ -23,11 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.data import MetaTensor
 from monai.utils import ensure_tuple_rep, look_up_option
 from scipy import ndimage
-
-from samora_monai.networks.acceleration import autocast
 
 from .slice_inferer import ResizedSliceInferer
 
@@ -64,56 +61,31 @@ class TransUNetSliceInferer(ResizedSliceInferer):
         self,
         spatial_size: Sequence[int] | int | None = 224,
         input_size: Sequence[int] | int | None = None,
-        spatial_dim: int = -1,
-        sw_batch_size: int = 16,
-        amp: bool = True,
-        amp_dtype: str = "fp16",
-        sw_device: torch.device | str | None = None,
-        device: torch.device | str | None = None,
-        progress: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            spatial_size=spatial_size,
-            spatial_dim=spatial_dim,
-            sw_batch_size=sw_batch_size,
-            amp=amp,
-            amp_dtype=amp_dtype,
-            sw_device=sw_device,
-            device=device,
-            progress=progress,
-        )
+        fixed = sorted({"input_mode", "output_mode"} & set(kwargs))
+        if fixed:
+            raise TypeError(f"the transunet protocol zooms with fixed orders (3 in, 0 back); {fixed} do not apply")
+        super().__init__(spatial_size=spatial_size, **kwargs)
         self.input_size = None if input_size is None else tuple(ensure_tuple_rep(input_size, 2))
 
-    def network_wrapper(
-        self,
-        network: Callable[..., torch.Tensor],
-        x: torch.Tensor,
-        condition: torch.Tensor | None = None,
-        *args: Any,
-        **kwargs: Any,
+    def infer_slices(
+        self, network: Callable[..., torch.Tensor], x: torch.Tensor, condition: torch.Tensor | None = None,
+        *args: Any, **kwargs: Any,
     ) -> torch.Tensor:
-        """``x``: ``[N, C, 1, Y, Z]``-like slab of ``N`` slices -> one-hot labels of the same layout at slice size."""
+        """Slices ``x`` ``[N, C, Y, Z]`` -> one-hot labels ``[N, K+1, Y, Z]`` (float) at slice size."""
         if condition is not None:
             raise ValueError("the transunet protocol runs the network on the image slices only (no condition)")
-        dim = self.spatial_dim + 2
-        if isinstance(x, MetaTensor):
-            x = x.as_tensor()
-        x = x.squeeze(dim)
         slice_size = tuple(x.shape[-2:])
         planes = x.detach().float().cpu().numpy()
         for size in (self.input_size, self.spatial_size):
             if size is not None:
                 planes = zoom_planes(planes, size, order=3)
         inputs = torch.from_numpy(np.ascontiguousarray(planes)).to(x.device)
-        with autocast(inputs.device, self.amp_dtype if self.amp and inputs.device.type == "cuda" else None):
-            out = network(inputs, *args, **kwargs)
-        if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[0] != x.shape[0]:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise RuntimeError(f"the network must return logits [N, K+1, h, w] for {x.shape[0]} slices, got {shape}")
+        out = self.run_network(network, inputs, *args, **kwargs)
         labels = zoom_planes(out.float().argmax(1).cpu().numpy(), slice_size, order=0)  # argmax == argmax(softmax)
         onehot = F.one_hot(torch.from_numpy(labels).long(), out.shape[1]).permute(0, 3, 1, 2)
-        return onehot.to(device=x.device, dtype=torch.float32).unsqueeze(dim)
-
+        return onehot.to(device=x.device, dtype=torch.float32)
 
 SLICE_PROTOCOLS: dict[str, type[ResizedSliceInferer]] = {
     "resize": ResizedSliceInferer,

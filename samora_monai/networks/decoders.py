@@ -4,8 +4,29 @@ from __future__ import annotations
 
 import torch
 from segment_anything.modeling import MaskDecoder
+from torch import nn
 
-__all__ = ["PromptFreeMaskDecoder"]
+__all__ = ["PromptFreeMaskDecoder", "decode_tokens", "mask_logits"]
+
+
+def decode_tokens(
+    decoder: nn.Module, image_embeddings: torch.Tensor, image_pe: torch.Tensor, dense_embeddings: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two-way transformer of a SAM or SAM 2 mask ``decoder`` run prompt-free (its IoU and mask tokens only):
+    image_embeddings [B, P, g, g], image_pe and dense_embeddings [1, P, g, g] -> (mask tokens [B, K+1, P], image
+    tokens [B, g*g, P])."""
+    batch = image_embeddings.shape[0]
+    tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight]).unsqueeze(0).expand(batch, -1, -1)
+    hs, src = decoder.transformer(image_embeddings + dense_embeddings, image_pe.expand(batch, -1, -1, -1), tokens)
+    return hs[:, 1 : 1 + decoder.num_mask_tokens], src
+
+
+def mask_logits(decoder: nn.Module, mask_tokens: torch.Tensor, upscaled: torch.Tensor) -> torch.Tensor:
+    """Each mask token's hypernetwork MLP applied to the upscaled embedding: mask tokens [B, K+1, P], upscaled
+    [B, C, H, W] -> logits [B, K+1, H, W]."""
+    hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
+    b, c, h, w = upscaled.shape
+    return (hyper @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
 
 
 class PromptFreeMaskDecoder(MaskDecoder):
@@ -30,14 +51,8 @@ class PromptFreeMaskDecoder(MaskDecoder):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Same inputs as ``forward`` -> (logits [B, K+1, 4g, 4g], mask-token/image similarity [B, K+1, g*g],
         upsampled embedding [B, P/8, 4g, 4g]); the last two feed H-SAM's second stage."""
-        batch = image_embeddings.shape[0]
-        tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight]).unsqueeze(0).expand(batch, -1, -1)
-        src = image_embeddings + dense_embeddings
-        b, c, h, w = src.shape
-        hs, src = self.transformer(src, image_pe.expand(batch, -1, -1, -1), tokens)
-        mask_tokens = hs[:, 1 : 1 + self.num_mask_tokens]
+        b, c, h, w = image_embeddings.shape
+        mask_tokens, src = decode_tokens(self, image_embeddings, image_pe, dense_embeddings)
         similarity = mask_tokens @ src.transpose(1, 2)
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-        hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
-        b, c, h, w = upscaled.shape
-        return (hyper @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w), similarity, upscaled
+        return mask_logits(self, mask_tokens, upscaled), similarity, upscaled

@@ -26,16 +26,23 @@ def expert_state_dict(net: SamoraNet, level: str) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in net.state_dict().items() if _expert_key(k, level)}
 
 
-def save_expert(net: SamoraNet, level: str, path: str, summary: Mapping[str, Any] | None = None) -> str:
-    """Write expert ``level`` with its level, rank, backbone family and variant, image size and a training summary."""
-    record = {
-        "format": EXPERT_FORMAT,
+def _network_record(net: SamoraNet, level: str) -> dict[str, Any]:
+    """What an expert file records about the network it fits, and what loading checks against it."""
+    return {
         "level": level,
         "rank": net.lora_rank,
         "backbone": net.backbone,
         "variant": net.variant,
         "img_size": net.img_size,
         "lora_blocks": list(net.lora_blocks),
+    }
+
+
+def save_expert(net: SamoraNet, level: str, path: str, summary: Mapping[str, Any] | None = None) -> str:
+    """Write expert ``level`` with its level, rank, backbone family and variant, image size and a training summary."""
+    record = {
+        "format": EXPERT_FORMAT,
+        **_network_record(net, level),
         "summary": dict(summary or {}),
         "state_dict": expert_state_dict(net, level),
     }
@@ -53,14 +60,7 @@ def load_expert(net: SamoraNet, path: str, level: str | None = None) -> dict[str
     """Load an expert file into ``net``; refuses a file for another level, rank, backbone, size or block set."""
     record = read_expert_file(path)
     level = level or record["level"]
-    expected = {
-        "level": level,
-        "rank": net.lora_rank,
-        "backbone": net.backbone,
-        "variant": net.variant,
-        "img_size": net.img_size,
-        "lora_blocks": list(net.lora_blocks),
-    }
+    expected = _network_record(net, level)
     found = {"backbone": "sam", **record}  # files written before SAM 2 support hold SAM 1 experts
     mismatches = [
         f"{k}: file has {found.get(k)!r}, network needs {v!r}" for k, v in expected.items() if found.get(k) != v

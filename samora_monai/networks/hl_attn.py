@@ -27,7 +27,8 @@ for ViT-B at ``w = 64``. ``"sum"`` (:class:`SumFusion`) is the ablation ``E = su
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,7 @@ __all__ = [
     "LevelAttention",
     "SumFusion",
     "build_fusion",
+    "fusion_factory",
 ]
 
 DEFAULT_FUSION_ORDER = ("pixel", "patch", "image")
@@ -252,3 +254,15 @@ def build_fusion(
     if fusion == "hl_attn":
         return HLAttn(dim, levels, block_heads, fusion_order, init)
     return HLAttnLite(dim, levels, fusion_order, width, num_heads, init)
+
+
+def fusion_factory(
+    fusion: str = "hl_attn",
+    fusion_order: Sequence[str] | None = None,
+    width: int = 64,
+    num_heads: int = 4,
+    init: str = "sum",
+) -> Callable[[int, Sequence[str], int], nn.Module]:
+    """``make(dim, levels, block_heads)``: :func:`build_fusion` with these network-wide settings, for the backbone
+    builders to call once per block that carries experts."""
+    return partial(build_fusion, fusion, fusion_order=fusion_order, width=width, num_heads=num_heads, init=init)

@@ -7,9 +7,18 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["LoRAExpert", "HierarchicalLoRA", "DEFAULT_LEVELS"]
+__all__ = ["LoRAExpert", "HierarchicalLoRA", "DEFAULT_LEVELS", "lora_block_indexes"]
 
 DEFAULT_LEVELS = ("image", "patch", "pixel")
+
+
+def lora_block_indexes(lora_blocks: Sequence[int] | None, depth: int) -> tuple[int, ...]:
+    """The sorted indexes of the encoder blocks that carry experts (``None``: all ``depth`` blocks); ``ValueError``
+    for an index outside ``0..depth-1``."""
+    blocks = tuple(range(depth)) if lora_blocks is None else tuple(sorted(lora_blocks))
+    if any(i < 0 or i >= depth for i in blocks):
+        raise ValueError(f"lora_blocks {list(blocks)} out of range for {depth} blocks.")
+    return blocks
 
 
 class LoRAExpert(nn.Module):

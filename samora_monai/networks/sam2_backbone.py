@@ -4,7 +4,7 @@ package, built at any input size (multiple of 32), and official ``sam2.1_hiera_*
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,10 +17,10 @@ from sam2.modeling.sam.transformer import TwoWayTransformer
 from torch import nn
 
 from samora_monai.networks.hiera_block import HieraSamoraBlock
-from samora_monai.networks.hl_attn import build_fusion
-from samora_monai.networks.lora import HierarchicalLoRA
+from samora_monai.networks.hl_attn import fusion_factory
+from samora_monai.networks.lora import HierarchicalLoRA, lora_block_indexes
 from samora_monai.networks.sam2_decoder import PromptFreeSam2MaskDecoder
-from samora_monai.networks.sam_backbone import load_sam_state_dict
+from samora_monai.networks.sam_backbone import build_mask_decoder, build_prompt_encoder, load_sam_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -120,14 +120,11 @@ def build_sam2_modules(
     levels: Sequence[str] = (),
     lora_rank: int = 4,
     lora_blocks: Sequence[int] | None = None,
-    fusion: str = "hl_attn",
-    fusion_order: Sequence[str] | None = None,
-    fusion_width: int = 64,
-    fusion_heads: int = 4,
-    fusion_init: str = "sum",
+    make_fusion: Callable[[int, Sequence[str], int], nn.Module] = fusion_factory(),
 ) -> tuple[Sam2ImageEncoder, PromptEncoder, PromptFreeSam2MaskDecoder, tuple[int, ...]]:
-    """SAM 2 image encoder (experts and fusion in ``lora_blocks``, default all), prompt encoder and prompt-free
-    decoder with ``num_classes + 1`` mask tokens for ``img_size`` inputs; also returns the LoRA block indexes."""
+    """SAM 2 image encoder (experts and ``make_fusion``'s fusion in ``lora_blocks``, default all), prompt encoder and
+    prompt-free decoder with ``num_classes + 1`` mask tokens for ``img_size`` inputs; also returns the LoRA block
+    indexes."""
     if img_size <= 0 or img_size % SAM2_STRIDE:
         raise ValueError(f"img_size must be a positive multiple of {SAM2_STRIDE} for SAM 2, got {img_size}.")
     if num_classes < 1:
@@ -137,35 +134,17 @@ def build_sam2_modules(
         embed_dim=v.embed_dim, num_heads=v.num_heads, stages=v.stages, global_att_blocks=v.global_att_blocks,
         window_spec=v.window_spec, window_pos_embed_bkg_spatial_size=v.pos_embed_size,
     )
-    depth = len(trunk.blocks)
-    lora_blocks = tuple(range(depth)) if lora_blocks is None else tuple(sorted(lora_blocks))
-    if any(i < 0 or i >= depth for i in lora_blocks):
-        raise ValueError(f"lora_blocks {list(lora_blocks)} out of range for {depth} blocks.")
+    lora_blocks = lora_block_indexes(lora_blocks, len(trunk.blocks))
     for i, block in enumerate(trunk.blocks):
         lora = fuse = None
         if levels and i in lora_blocks:
             lora = HierarchicalLoRA(block.dim, lora_rank, levels, out_dim=block.dim_out)
-            fuse = build_fusion(
-                fusion, block.dim_out, levels, block.attn.num_heads, fusion_order, fusion_width, fusion_heads,
-                fusion_init,
-            )
+            fuse = make_fusion(block.dim_out, levels, block.attn.num_heads)
         trunk.blocks[i] = HieraSamoraBlock(block, lora, fuse)
     position = PositionEmbeddingSine(num_pos_feats=v.prompt_dim, normalize=True, scale=None, temperature=10000)
     neck = FpnNeck(position, v.prompt_dim, trunk.channel_list, fpn_top_down_levels=[2, 3], fpn_interp_model="nearest")
-    grid = img_size // 16
-    prompt = PromptEncoder(
-        embed_dim=v.prompt_dim, image_embedding_size=(grid, grid), input_image_size=(img_size, img_size),
-        mask_in_chans=16,
-    )
-    decoder = PromptFreeSam2MaskDecoder(
-        num_multimask_outputs=num_classes,
-        transformer=TwoWayTransformer(
-            depth=2, embedding_dim=v.prompt_dim, mlp_dim=v.decoder_mlp_dim, num_heads=v.decoder_heads
-        ),
-        transformer_dim=v.prompt_dim,
-        iou_head_depth=3,
-        iou_head_hidden_dim=v.prompt_dim,
-    )
+    prompt = build_prompt_encoder(v, img_size, PromptEncoder)
+    decoder = build_mask_decoder(v, num_classes, PromptFreeSam2MaskDecoder, TwoWayTransformer)
     return Sam2ImageEncoder(trunk, neck), prompt, decoder, lora_blocks
 
 

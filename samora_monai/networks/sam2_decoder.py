@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from sam2.modeling.sam.mask_decoder import MaskDecoder
 
+from samora_monai.networks.decoders import decode_tokens, mask_logits
+
 __all__ = ["PromptFreeSam2MaskDecoder"]
 
 
@@ -33,15 +35,9 @@ class PromptFreeSam2MaskDecoder(MaskDecoder):
         neck maps [B, P, 4g, 4g] and [B, P, 2g, 2g] -> logits [B, K+1, 4g, 4g]."""
         if high_res_features is None or len(high_res_features) != 2:
             raise ValueError("SAM 2's mask decoder needs the stride-4 and stride-8 neck maps (high_res_features).")
-        batch = image_embeddings.shape[0]
-        tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight]).unsqueeze(0).expand(batch, -1, -1)
-        src = image_embeddings + dense_embeddings
-        b, c, h, w = src.shape
-        hs, src = self.transformer(src, image_pe.expand(batch, -1, -1, -1), tokens)
-        mask_tokens = hs[:, 1 : 1 + self.num_mask_tokens]
+        b, c, h, w = image_embeddings.shape
+        mask_tokens, src = decode_tokens(self, image_embeddings, image_pe, dense_embeddings)
         up1, norm, act1, up2, act2 = self.output_upscaling
         upscaled = act1(norm(up1(src.transpose(1, 2).reshape(b, c, h, w)) + self.conv_s1(high_res_features[1])))
         upscaled = act2(up2(upscaled) + self.conv_s0(high_res_features[0]))
-        hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
-        b, c, h, w = upscaled.shape
-        return (hyper @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
+        return mask_logits(self, mask_tokens, upscaled)

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
 from torch import nn
 
+from samora_monai.utils import raise_problems
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -91,11 +93,20 @@ def build_image_encoder(variant: str, img_size: int) -> ImageEncoderViT:
     )
 
 
-def build_prompt_encoder(variant: str, img_size: int) -> PromptEncoder:
-    """SAM's prompt encoder; used prompt-free, for its no-mask embedding and dense positional encoding."""
+def _head_variant(variant: str | SamVariant) -> SamVariant:
+    """A SAM variant by name, or any variant object with ``prompt_dim``, ``decoder_mlp_dim`` and ``decoder_heads``
+    (SAM 2's too: its prompt encoder and mask decoder take the same arguments)."""
+    return get_variant(variant) if isinstance(variant, str) else variant
+
+
+def build_prompt_encoder(
+    variant: str | SamVariant, img_size: int, encoder_cls: type[nn.Module] = PromptEncoder
+) -> nn.Module:
+    """SAM's prompt encoder (``encoder_cls``: SAM 2's for that backbone); used prompt-free, for its no-mask embedding
+    and dense positional encoding."""
     grid = _check_img_size(img_size)
-    v = get_variant(variant)
-    return PromptEncoder(
+    v = _head_variant(variant)
+    return encoder_cls(
         embed_dim=v.prompt_dim,
         image_embedding_size=(grid, grid),
         input_image_size=(img_size, img_size),
@@ -103,14 +114,20 @@ def build_prompt_encoder(variant: str, img_size: int) -> PromptEncoder:
     )
 
 
-def build_mask_decoder(variant: str, num_classes: int, decoder_cls: type[MaskDecoder] = MaskDecoder) -> MaskDecoder:
-    """SAM's mask decoder with ``num_classes + 1`` mask tokens (background + classes, SAMed convention)."""
+def build_mask_decoder(
+    variant: str | SamVariant,
+    num_classes: int,
+    decoder_cls: type[nn.Module] = MaskDecoder,
+    transformer_cls: type[nn.Module] = TwoWayTransformer,
+) -> nn.Module:
+    """SAM's mask decoder with ``num_classes + 1`` mask tokens (background + classes, SAMed convention);
+    ``decoder_cls``/``transformer_cls``: the prompt-free subclass, and SAM 2's classes for that backbone."""
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
-    v = get_variant(variant)
+    v = _head_variant(variant)
     return decoder_cls(
         num_multimask_outputs=num_classes,
-        transformer=TwoWayTransformer(
+        transformer=transformer_cls(
             depth=2, embedding_dim=v.prompt_dim, mlp_dim=v.decoder_mlp_dim, num_heads=v.decoder_heads
         ),
         transformer_dim=v.prompt_dim,
@@ -175,13 +192,8 @@ def adapt_sam_state_dict(
                 wrong_shape.append(f"{key}: {tuple(value.shape)} in {source}, {tuple(want)} in the model")
                 continue
         adapted[key] = value
-    problems = []
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected}")
-    if wrong_shape:
-        problems.append(f"shape mismatches {wrong_shape}")
-    if problems:
-        raise ValueError(f"{source} does not match this SAM architecture: " + "; ".join(problems))
+    raise_problems(f"{source} does not match this SAM architecture: ",
+                   {"unexpected keys": unexpected, "shape mismatches": wrong_shape})
     return adapted
 
 

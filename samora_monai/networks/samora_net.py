@@ -12,9 +12,9 @@ from monai.utils import look_up_option
 from torch import nn
 
 from samora_monai.networks.decoders import PromptFreeMaskDecoder
-from samora_monai.networks.hl_attn import build_fusion
+from samora_monai.networks.hl_attn import fusion_factory
 from samora_monai.networks.hsam_decoder import HSamStage2Decoder
-from samora_monai.networks.lora import DEFAULT_LEVELS, HierarchicalLoRA
+from samora_monai.networks.lora import DEFAULT_LEVELS, HierarchicalLoRA, lora_block_indexes
 from samora_monai.networks.sam_backbone import (
     build_image_encoder,
     build_mask_decoder,
@@ -130,11 +130,11 @@ class SamoraNet(nn.Module):
         self.in_channels = in_channels
         self.levels = tuple(levels)
         self.lora_rank = lora_rank
-        fusion_args = (fusion, fusion_order, fusion_width, fusion_heads, fusion_init)
+        make_fusion = fusion_factory(fusion, fusion_order, fusion_width, fusion_heads, fusion_init)
         if self.backbone == "sam2":
-            self._build_sam2(lora_blocks, *fusion_args)
+            self._build_sam2(lora_blocks, make_fusion)
         else:
-            self._build_sam(lora_blocks, *fusion_args)
+            self._build_sam(lora_blocks, make_fusion)
         if self.decoder == "hsam":
             cfg = get_variant(variant)
             self.mask_decoder2 = HSamStage2Decoder(
@@ -156,26 +156,23 @@ class SamoraNet(nn.Module):
                 load_expert(self, path, level)
         self.set_mode(mode if self.levels else "plain", active_level)
 
-    def _build_sam2(self, lora_blocks, fusion, fusion_order, fusion_width, fusion_heads, fusion_init) -> None:
+    def _build_sam2(self, lora_blocks, make_fusion) -> None:
         """SAM 2.1 Hiera encoder, prompt encoder and prompt-free high-resolution decoder."""
         build = _sam2_backbone().build_sam2_modules
         self.image_encoder, self.prompt_encoder, self.mask_decoder, self.lora_blocks = build(
-            self.variant, self.img_size, self.num_classes, self.levels, self.lora_rank, lora_blocks,
-            fusion, fusion_order, fusion_width, fusion_heads, fusion_init,
+            self.variant, self.img_size, self.num_classes, self.levels, self.lora_rank, lora_blocks, make_fusion
         )
         trunk = self.image_encoder.trunk
         self.encoder_width = trunk.blocks[trunk.stage_ends[2]].dim_out  # stride-16 token width
         self.embed_dim = self.image_encoder.neck.d_model
 
-    def _build_sam(self, lora_blocks, fusion, fusion_order, fusion_width, fusion_heads, fusion_init) -> None:
+    def _build_sam(self, lora_blocks, make_fusion) -> None:
         """SAM 1 ViT encoder with experts in ``lora_blocks``, prompt encoder and prompt-free decoder."""
         variant, img_size, num_classes, lora_rank = self.variant, self.img_size, self.num_classes, self.lora_rank
         cfg = get_variant(variant)
         self.encoder_width = cfg.embed_dim
         self.embed_dim = cfg.prompt_dim
-        self.lora_blocks = tuple(range(cfg.depth)) if lora_blocks is None else tuple(sorted(lora_blocks))
-        if any(i < 0 or i >= cfg.depth for i in self.lora_blocks):
-            raise ValueError(f"lora_blocks {list(self.lora_blocks)} out of range for {cfg.depth} blocks.")
+        self.lora_blocks = lora_block_indexes(lora_blocks, cfg.depth)
 
         self.image_encoder = build_image_encoder(variant, img_size)
         self.prompt_encoder = build_prompt_encoder(variant, img_size)
@@ -184,10 +181,7 @@ class SamoraNet(nn.Module):
             lora = fuse = None
             if self.levels and i in self.lora_blocks:
                 lora = HierarchicalLoRA(cfg.embed_dim, lora_rank, self.levels)
-                fuse = build_fusion(
-                    fusion, cfg.embed_dim, self.levels, cfg.num_heads, fusion_order, fusion_width, fusion_heads,
-                    fusion_init,
-                )
+                fuse = make_fusion(cfg.embed_dim, self.levels, cfg.num_heads)
             self.image_encoder.blocks[i] = SamoraBlock(block, lora, fuse)
 
     @property

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samora_monai.utils import read_torch_file
+from samora_monai.utils import raise_problems, read_torch_file
 
 __all__ = ["read_pretrained_state_dict", "load_torchvision_resnet", "load_mae_encoder"]
 
@@ -66,15 +66,9 @@ def _assign(
         if k in target and v.shape != target[k].shape
     )
     unused = [*unused, *(f"{k} (mapped to no model tensor)" for k in mapped if k not in target)]
-    problems = []
-    if missing:
-        problems.append(f"model tensors not loaded: {missing}")
-    if unused:
-        problems.append(f"unexpected tensors in the file: {sorted(unused)}")
-    if shapes:
-        problems.append(f"shape mismatches: {shapes}")
-    if problems:
-        raise ValueError(f"{source}: weights do not match {type(module).__name__}; " + "; ".join(problems))
+    problems = {"model tensors not loaded:": missing, "unexpected tensors in the file:": sorted(unused),
+                "shape mismatches:": shapes}
+    raise_problems(f"{source}: weights do not match {type(module).__name__}; ", problems)
     module.load_state_dict(mapped, strict=False)
 
 
