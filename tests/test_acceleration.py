@@ -2,11 +2,18 @@
 
 import pytest
 import torch
+from monai.data import MetaTensor
 from test_networks_samora import make_net, randomise_experts, reference_forward
 
-from samora_monai.inferers import ResizedSliceInferer
+from samora_monai.inferers import ResizedSliceInferer, slice_inferer
 from samora_monai.networks import configure_stage
-from samora_monai.networks.acceleration import CompiledNetwork, autocast, compile_network, resolve_amp_dtype
+from samora_monai.networks.acceleration import (
+    CompiledNetwork,
+    autocast,
+    compile_network,
+    preferred_amp_dtype,
+    resolve_amp_dtype,
+)
 
 
 def stage2_net(fusion="hl_attn", img_size=64):
@@ -96,3 +103,24 @@ def test_amp_dtypes_and_bf16_autocast_keeps_softmax_finite():
     assert (train_low.float() - ref).abs().max() < 0.1 * ref.abs().max()
     grads = [p.grad for p in net.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_bundle_speed_options_amp_default_metatensor_inputs_and_flags():
+    """What the bundles' ``amp_dtype`` / ``compile`` keys call: fp16 off CUDA, MetaTensor batches reach the
+    compiled graph as plain tensors, command-line strings as flags, the transunet protocol's autocast type."""
+    assert preferred_amp_dtype("cpu") == "fp16"  # bf16 only on a CUDA device that has it
+    traced = []
+
+    def recording_backend(graph, example_inputs):
+        traced.append(len(example_inputs))
+        return graph.forward
+
+    net = torch.nn.Linear(3, 2)
+    x = MetaTensor(torch.rand(4, 3), meta={"filename_or_obj": "case.nii.gz"})
+    wrapped = compile_network(net, "true", {"backend": recording_backend})
+    out = wrapped(x)
+    assert wrapped.compiled and traced and type(out) is torch.Tensor
+    torch.testing.assert_close(out, net(x.as_tensor()))
+    assert compile_network(net, "false") is net
+    assert slice_inferer("transunet", spatial_size=32, amp_dtype="bf16").amp_dtype is torch.bfloat16
+    assert slice_inferer("resize", spatial_size=32).amp_dtype is torch.float16

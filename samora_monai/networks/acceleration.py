@@ -5,6 +5,8 @@ back to eager execution, with one warning, where compilation fails (no compiler,
 ``state_dict`` / ``load_state_dict`` are the wrapped network's own, so checkpoints keep their keys.
 ``autocast(device, amp_dtype)`` is ``torch.autocast`` for ``"bf16"`` / ``"fp16"`` and a no-op for ``"none"``;
 SAMora's attention softmaxes run in float32 under it (see :class:`~samora_monai.networks.SamoraBlock`).
+``preferred_amp_dtype(device)`` is the bundles' default: ``"bf16"`` on a GPU that has it (no loss scaling needed,
+float32's range), else ``"fp16"``.
 """
 
 from __future__ import annotations
@@ -16,10 +18,15 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from monai.data import MetaTensor
 from monai.utils import look_up_option
 from torch import nn
 
-__all__ = ["AMP_DTYPES", "CompiledNetwork", "autocast", "compile_network", "resolve_amp_dtype"]
+from samora_monai.utils import as_bool
+
+__all__ = [
+    "AMP_DTYPES", "CompiledNetwork", "autocast", "compile_network", "preferred_amp_dtype", "resolve_amp_dtype"
+]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +42,14 @@ def resolve_amp_dtype(amp_dtype: str | torch.dtype | None) -> torch.dtype | None
     return look_up_option(amp_dtype, AMP_DTYPES)
 
 
+def preferred_amp_dtype(device: torch.device | str) -> str:
+    """``"bf16"`` on a CUDA ``device`` that supports bfloat16 (Ampere and later), else ``"fp16"``."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp16"
+
+
 def autocast(device: torch.device | str, amp_dtype: str | torch.dtype | None) -> contextlib.AbstractContextManager:
     """``torch.autocast`` on ``device``'s type with ``amp_dtype`` (``"bf16"``/``"fp16"``), or a no-op context."""
     dtype = resolve_amp_dtype(amp_dtype)
@@ -47,7 +62,8 @@ class CompiledNetwork(nn.Module):
     """``network`` run through ``torch.compile``, with a fallback to eager execution where compiling fails.
 
     Attribute access that the wrapper does not define goes to the network (``set_mode``, ``num_classes``, ...);
-    ``state_dict`` and ``load_state_dict`` are the network's, with its keys.
+    ``state_dict`` and ``load_state_dict`` are the network's, with its keys. ``MetaTensor`` arguments reach the
+    compiled forward as plain tensors (as MONAI's ``SupervisedTrainer(compile=True)`` does).
 
     Args:
         network: the module to compile.
@@ -67,6 +83,7 @@ class CompiledNetwork(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.failure is None:
+            args = tuple(a.as_tensor() if isinstance(a, MetaTensor) else a for a in args)
             try:
                 return self._compiled(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 - any compiler failure falls back to eager
@@ -89,15 +106,18 @@ class CompiledNetwork(nn.Module):
 
 
 def compile_network(
-    network: nn.Module, enabled: bool = True, compile_kwargs: Mapping[str, Any] | None = None
+    network: nn.Module, enabled: bool | str = True, compile_kwargs: Mapping[str, Any] | None = None
 ) -> nn.Module:
-    """``network`` wrapped in :class:`CompiledNetwork` when ``enabled`` (and ``torch.compile`` exists), else itself.
+    """``network`` wrapped in :class:`CompiledNetwork` when ``enabled`` (a bool, or ``"true"``/``"false"`` from a
+    command line) and ``torch.compile`` exists, else ``network`` itself.
 
-    For a bundle: ``network: "$samora_monai.networks.compile_network(@network_def.to(@device), @compile)"``.
+    For a bundle: ``compiled_network: "$samora_monai.networks.compile_network(@network, @compile, @compile_kwargs)"``
+    for the engines, while checkpoints and the optimizer keep ``@network``.
     """
-    if not enabled:
+    if not as_bool(enabled):
         return network
     if not hasattr(torch, "compile"):
         warnings.warn("torch.compile is not available in this PyTorch; running eagerly", stacklevel=2)
         return network
+    logger.info("%s runs through torch.compile(%s)", type(network).__name__, dict(compile_kwargs or {}))
     return CompiledNetwork(network, compile_kwargs)

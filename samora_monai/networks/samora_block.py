@@ -60,38 +60,66 @@ class SamoraBlock(nn.Module):
         self.mode = mode
         self.active_level = level if mode == "expert" else None
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    def _attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        hw: tuple[int, int],
+        rel: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Multi-head attention core with SAM's decomposed relative position bias.
 
-        q, k, v [n, h*w, C] -> [n, h*w, C] (before the output projection).
+        q, k, v [n, h*w, C] -> [n, h*w, C] (before the output projection). ``rel``: the bias terms of ``q``
+        (:meth:`_rel_terms`) when the caller has them.
         """
         n, tokens, dim = q.shape
         heads = self.attn.num_heads
         q, k, v = (t.reshape(n, tokens, heads, dim // heads).transpose(1, 2) for t in (q, k, v))
         bias = None
         if self.attn.use_rel_pos:
-            h, w = hw
-            r_q = q.reshape(n, heads, h, w, dim // heads)
-            rel_h = torch.einsum("nahwc,hkc->nahwk", r_q, get_rel_pos(h, h, self.attn.rel_pos_h))
-            rel_w = torch.einsum("nahwc,wkc->nahwk", r_q, get_rel_pos(w, w, self.attn.rel_pos_w))
-            bias = self._rel_bias(rel_h, rel_w)
+            bias = self._rel_bias(*(self._rel_terms(q, hw) if rel is None else rel))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.attn.scale)
         return out.transpose(1, 2).reshape(n, tokens, dim)
+
+    def _rel_terms(self, q: torch.Tensor, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decomposed relative-position terms of queries q [n, a, H*W, d] -> ([n, a, H, W, H], [n, a, H, W, W])."""
+        h, w = hw
+        grid = q.reshape(*q.shape[:2], h, w, q.shape[-1])
+        rel_h = torch.einsum("nayxd,ykd->nayxk", grid, get_rel_pos(h, h, self.attn.rel_pos_h))
+        return rel_h, torch.einsum("nayxd,xkd->nayxk", grid, get_rel_pos(w, w, self.attn.rel_pos_w))
+
+    def _delta_rel_terms(self, u_q: torch.Tensor, b_q: torch.Tensor, hw: tuple[int, int]):
+        """The terms of :meth:`_rel_terms` for the experts' rank-r query deltas ``U_e B_e^T``, from the factors:
+        u_q [E, n, H*W, r], b_q [E, a, d, r] -> ([E, n, a, H, W, H], [E, n, a, H, W, W]) (r instead of d products)."""
+        h, w = hw
+        u_grid = u_q.reshape(*u_q.shape[:2], h, w, u_q.shape[-1])  # [E, n, H, W, r]
+        rel_h = torch.einsum("eadr,ykd->eaykr", b_q, get_rel_pos(h, h, self.attn.rel_pos_h))
+        rel_w = torch.einsum("eadr,xkd->eaxkr", b_q, get_rel_pos(w, w, self.attn.rel_pos_w))
+        return (torch.einsum("enyxr,eaykr->enayxk", u_grid, rel_h),
+                torch.einsum("enyxr,eaxkr->enayxk", u_grid, rel_w))  # fmt: skip
 
     def _batched_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: torch.Tensor, hw: tuple[int, int]):
         """Base and every expert's attention core as one batch of ``(1 + E) n`` attentions (inference).
 
         q, k, v [n, N, C] are the frozen projections and h [n, N, C] the normalised block input. Expert e's query
         and value are ``q + U_e B_e^T`` and ``v + U^v_e B^v_e^T`` (rank-r factors from one matmul); the keys are
-        shared. One ``scaled_dot_product_attention`` call (fused kernel, softmax accumulated in float32 under
-        autocast) covers all of them: faster than :meth:`_low_rank_attend` without autograd (on CPU about 25%
-        less time for the attention cores of ViT-B). Returns [1 + E, n, N, C] (before the output projection).
+        shared, and the experts' relative-position terms are the base query's plus those of the rank-r deltas.
+        One ``scaled_dot_product_attention`` call (fused kernel, softmax accumulated in float32 under autocast)
+        covers all of them: faster than :meth:`_low_rank_attend` without autograd (on CPU about 25% less time for
+        the attention cores of ViT-B). Returns [1 + E, n, N, C] (before the output projection).
         """
         u_q, b_q, u_v, b_v = self.lora.low_rank_factors(h)  # U [E, n, N, r], B [E, C, r]
         queries = torch.cat([q[None], q + u_q @ b_q.transpose(1, 2)[:, None]])  # [1 + E, n, N, C]
         values = torch.cat([v[None], v + u_v @ b_v.transpose(1, 2)[:, None]])
         keys = k.expand(queries.shape[0], *k.shape)
-        out = self._attend(queries.flatten(0, 1), keys.flatten(0, 1), values.flatten(0, 1), hw)
+        rel = None
+        if self.attn.use_rel_pos:
+            heads = self.attn.num_heads
+            base = self._rel_terms(q.unflatten(-1, (heads, -1)).transpose(1, 2), hw)  # each [n, a, H, W, K]
+            deltas = self._delta_rel_terms(u_q, b_q.unflatten(1, (heads, -1)), hw)  # each [E, n, a, H, W, K]
+            rel = tuple(torch.cat([t[None], t + d]).flatten(0, 1) for t, d in zip(base, deltas, strict=True))
+        out = self._attend(queries.flatten(0, 1), keys.flatten(0, 1), values.flatten(0, 1), hw, rel)
         return out.unflatten(0, (-1, q.shape[0]))
 
     def _low_rank_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: torch.Tensor, hw: tuple[int, int]):
@@ -115,17 +143,9 @@ class SamoraBlock(nn.Module):
         k_b = torch.einsum("nald,eadr->naerl", k, b_q * self.attn.scale)  # [n, a, E, r, N]
         updates = torch.einsum("enmr,naerl->naeml", u_q, k_b)  # [n, a, E, N, N]
         if self.attn.use_rel_pos:
-            size_h, size_w = hw
-            rel_h = get_rel_pos(size_h, size_h, self.attn.rel_pos_h)  # [H, H, d]
-            rel_w = get_rel_pos(size_w, size_w, self.attn.rel_pos_w)  # [W, W, d]
-            q_grid = q.reshape(n, heads, size_h, size_w, head_dim)
-            scores = scores + self._rel_bias(
-                torch.einsum("nayxd,ykd->nayxk", q_grid, rel_h), torch.einsum("nayxd,xkd->nayxk", q_grid, rel_w)
-            )
-            u_grid = u_q.reshape(-1, n, size_h, size_w, u_q.shape[-1])  # [E, n, H, W, r]
-            bias_h = torch.einsum("enyxr,eaykr->naeyxk", u_grid, torch.einsum("eadr,ykd->eaykr", b_q, rel_h))
-            bias_w = torch.einsum("enyxr,eaxkr->naeyxk", u_grid, torch.einsum("eadr,xkd->eaxkr", b_q, rel_w))
-            updates = updates + self._rel_bias(bias_h, bias_w)
+            scores = scores + self._rel_bias(*self._rel_terms(q, hw))
+            deltas = (t.permute(1, 2, 0, 3, 4, 5) for t in self._delta_rel_terms(u_q, b_q, hw))  # [n, a, E, H, W, K]
+            updates = updates + self._rel_bias(*deltas)
         logits = torch.cat([scores.unsqueeze(2), scores.unsqueeze(2) + updates], dim=2)  # [n, a, 1 + E, N, N]
         probs = logits.softmax(-1, dtype=torch.float32).to(v.dtype)
         out = (probs.flatten(2, 3) @ v).unflatten(2, (-1, tokens))  # [n, a, 1 + E, N, d]
@@ -141,7 +161,7 @@ class SamoraBlock(nn.Module):
     def _rel_bias(rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
         """[..., H, W, H] and [..., H, W, W] decomposed terms -> bias [..., H*W, H*W]."""
         *lead, h, w, _ = rel_h.shape
-        return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(*lead, h * w, h * w)
+        return (rel_h.contiguous()[..., :, None] + rel_w.contiguous()[..., None, :]).reshape(*lead, h * w, h * w)
 
     def _project_and_fuse(self, base: torch.Tensor, diffs: torch.Tensor) -> torch.Tensor:
         """base [n, h, w, C] and diffs ``a_e - base`` [E, n, h, w, C] -> ``proj(base) + fusion(r)`` [n, h, w, C]."""
