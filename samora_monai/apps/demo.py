@@ -142,7 +142,7 @@ def run_demo(
     seed: int = 0,
     figure_slices: int = 3,
     num_threads: int = 1,
-    parallel: int = 2,
+    parallel: int = 3,
     cache_dir: str | None = None,
 ) -> str:
     """Run the whole SAMora pipeline on the phantom through the bundle CLI, compare it at the same label budget with
@@ -162,8 +162,9 @@ def run_demo(
         num_threads: PyTorch CPU threads of each step (``OMP_NUM_THREADS``); 1 is the robust default on a shared
             machine, where more threads than free cores slowed a training iteration down 30-fold in our
             measurement (0.39 s with 1 thread, 13 s with 2 next to a busy process).
-        parallel: steps that may run at once (independent stage-1 steps, the compared stage-2 runs); the stand-in
-            pre-training uses ``parallel`` threads.
+        parallel: steps that may run at once (independent stage-1 steps, the three compared stage-2 runs), each
+            with ``num_threads`` threads: 3 keeps 2 cores busy until the last run ends; the stand-in pre-training
+            uses ``min(parallel, os.cpu_count())`` threads.
         cache_dir: folder of the cached stand-in checkpoint (default ``$SAMORA_CACHE`` or ``~/.cache/samora_monai``).
 
     Returns:
@@ -205,7 +206,7 @@ def run_demo(
         print(f"cached: {stand_in} (its record: {stand_in}.json)", flush=True)
         runner.done("standin", 0.0)
     elif use_standin:
-        runner.num_threads = parallel
+        runner.num_threads = min(parallel, os.cpu_count() or 1)
         runner.command("standin", "stand-in SAM backbone: pre-trained once here, then cached (NOT Segment Anything)",
                        [sys.executable, "-m", "samora_monai", "pretrain_standin", "--img_size", str(settings.img_size),
                         "--quick", str(settings.standin_quick), "--seed", str(seed), "--cache_dir",
