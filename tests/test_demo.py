@@ -180,3 +180,5 @@ def test_parallel_steps_respect_their_order_and_stop_on_failure(tmp_path, capsys
         runner.run_parallel([DemoStep("slow", "slow", slow), DemoStep("fail", "fails", fail)], parallel=2)
     assert str(tmp_path / "logs" / "fail.log") in str(err.value)
     assert "slow" not in runner.timings  # stopped, not waited for
+    with pytest.raises(ValueError, match="never run"):
+        runner.run_parallel([DemoStep("orphan", "waits", check, after=["missing"])])

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from monai.utils import look_up_option
 
-__all__ = ["BACKBONES", "RUNS", "DemoSettings", "demo_settings"]
+__all__ = ["BACKBONES", "BASELINE_RUN", "RUNS", "DemoSettings", "demo_settings"]
 
 BACKBONES = ("standin", "random")  # the CPU backbones: the stand-in pre-trained here, or random SAM weights
 # the runs compared at the same label budget: run name -> (overlay given to the comparison runner, what it is)

@@ -73,6 +73,8 @@ class DemoRunner:
         try:
             while pending or running:
                 ready = [s for s in pending if set(s.after) <= finished]
+                if not ready and not running:
+                    raise ValueError(f"steps {[s.name for s in pending]} wait for steps that never run")
                 for step in ready[: max(1, parallel) - len(running)]:
                     pending.remove(step)
                     self.header(step.name, f"{step.title} (log: {self.logs / f'{step.name}.log'})")
