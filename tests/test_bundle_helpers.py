@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 
+import ignite.distributed as idist
 import pytest
 import torch
 import torch.distributed as dist
@@ -121,4 +122,5 @@ def test_distributed_set_up_on_cpu(monkeypatch):
         assert init_distributed("gloo", "cpu") is True  # an existing process group is kept
     finally:
         if dist.is_initialized():
-            dist.destroy_process_group()
+            idist.finalize()  # destroys the process group and puts ignite back in serial mode for later tests
+    assert not dist.is_initialized() and idist.get_world_size() == 1 and idist.model_name() == "serial"
