@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from samora_monai.apps.compare import compare
-from samora_monai.apps.demo_report import RUN_TITLES, print_summary, run_summary
+from samora_monai.apps.demo_report import print_summary, run_summary
 from samora_monai.apps.demo_settings import BASELINE_RUN, RUNS, DemoSettings, demo_settings
 from samora_monai.apps.demo_steps import DemoRunner, DemoStep, DemoStepError, write_split
 from samora_monai.apps.figures import demo_figure
@@ -119,7 +119,7 @@ def _compare_step(
 ) -> dict:
     """Stage 2 of every run of :data:`RUNS` with the same data, budget and recipe, and its evaluation."""
     runner.header("compare", "stage 2 at the same label budget, then evaluation on the held-out cases: "
-                             + "; ".join(title for _, title in RUNS.values()))
+                             + "; ".join(what for _, _, what in RUNS.values()))
     t = time.perf_counter()
     overrides = {
         **_as_overrides(settings.backbone), **_as_overrides(settings.finetune_overrides),
@@ -127,7 +127,7 @@ def _compare_step(
         "learning_rate": settings.learning_rate, "warmup_iters": settings.warmup_iters,
         "val_interval": settings.val_interval, "select_model": False,  # validation draws the curves only
     }
-    result = compare(str(bundle_root), [overlay for overlay, _ in RUNS.values()], str(out),
+    result = compare(str(bundle_root), [overlay for overlay, _, _ in RUNS.values()], str(out),
                      epochs=settings.finetune_epochs, datalist=str(datalist), baseline=BASELINE_RUN,
                      overrides=overrides, parallel=parallel, env=pipeline_env(runner.num_threads))  # fmt: skip
     runner.done("compare", time.perf_counter() - t)
@@ -206,12 +206,11 @@ def run_demo(
         print(f"cached: {stand_in} (its record: {stand_in}.json)", flush=True)
         runner.done("standin", 0.0)
     elif use_standin:
-        runner.num_threads = min(parallel, os.cpu_count() or 1)
         runner.command("standin", "stand-in SAM backbone: pre-trained once here, then cached (NOT Segment Anything)",
                        [sys.executable, "-m", "samora_monai", "pretrain_standin", "--img_size", str(settings.img_size),
                         "--quick", str(settings.standin_quick), "--seed", str(seed), "--cache_dir",
-                        str(stand_in.parent)], expect=[stand_in])  # fmt: skip
-        runner.num_threads = num_threads
+                        str(stand_in.parent)],
+                       expect=[stand_in], num_threads=min(parallel, os.cpu_count() or 1))  # fmt: skip
 
     data_dir, datalist, held_out, unlabeled = _data_steps(runner, out_dir, settings, seed)
     stage1 = _stage1_steps(bundle_root, unlabeled, settings)
@@ -229,9 +228,9 @@ def run_demo(
     images = [str((data_dir / item["image"]).resolve()) for item in held_out]
     demo_figure(
         figure, images, [str((data_dir / item["label"]).resolve()) for item in held_out],
-        {RUN_TITLES[n]: Path(r["dir"]) / "test" / "predictions" for n, r in runs.items()},
+        {RUNS[n][1]: Path(r["dir"]) / "test" / "predictions" for n, r in runs.items()},
         {LOSS_TITLES[step.name]: runner.logs / f"{step.name}.log" for step in stage1},
-        {RUN_TITLES[n]: [(e, d) for e, d, _ in r["curve"] if d is not None] for n, r in runs.items()},
+        {RUNS[n][1]: [(e, d) for e, d, _ in r["curve"] if d is not None] for n, r in runs.items()},
         num_slices=figure_slices,
     )
     runner.done("figure", time.perf_counter() - t)

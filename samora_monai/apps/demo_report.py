@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RUN_TITLES", "format_table", "print_summary", "run_summary"]
+from samora_monai.apps.demo_settings import RUNS
 
-RUN_TITLES = {"train": "SAMora", "samed": "SAMed", "no_stage1": "no stage 1"}
+__all__ = ["format_table", "print_summary", "run_summary"]
 
 
 def run_summary(comparison: dict[str, Any], name: str) -> dict[str, Any]:
@@ -20,7 +20,7 @@ def run_summary(comparison: dict[str, Any], name: str) -> dict[str, Any]:
     run = comparison["runs"][name]
     per_class = run["metrics"]["per_class"]
     return {
-        "title": RUN_TITLES.get(name, name),
+        "title": RUNS[name][1] if name in RUNS else name,
         "mean_dice": row["mean_dice"],
         "mean_hd95": row["mean_hd95"],
         "dice": {organ: values["dice"] for organ, values in per_class.items()},

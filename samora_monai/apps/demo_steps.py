@@ -53,13 +53,17 @@ class DemoRunner:
         self.timings[name] = round(seconds, 1)
         print(f"[{self.index}/{self.total}] done in {seconds:.1f} s", flush=True)
 
-    def command(self, name: str, title: str, cmd: Sequence[str], expect: Sequence[Path] = ()) -> Path:
-        """Run ``cmd`` streaming its bytes (progress bars included) to stdout and ``logs/<name>.log``."""
+    def command(
+        self, name: str, title: str, cmd: Sequence[str], expect: Sequence[Path] = (), num_threads: int | None = None
+    ) -> Path:
+        """Run ``cmd`` streaming its bytes (progress bars included) to stdout and ``logs/<name>.log``, with
+        ``num_threads`` PyTorch threads (default: the runner's)."""
         self.header(name, title)
         log = self.logs / f"{name}.log"
         start = time.perf_counter()
         label = f"demo step [{self.index}/{self.total}] {title!r}"
-        run_checked(label, cmd, log, self.out, pipeline_env(self.num_threads), expect, DemoStepError)
+        env = pipeline_env(num_threads or self.num_threads)
+        run_checked(label, cmd, log, self.out, env, expect, DemoStepError)
         self.done(name, time.perf_counter() - start)
         return log
 
@@ -112,8 +116,10 @@ def few_shot_slices(label: str | Path, count: int | None) -> list[int]:
     import nibabel as nib
     import numpy as np
 
-    volume = np.asarray(nib.load(str(label)).dataobj)
-    indices = np.flatnonzero(volume.reshape(-1, volume.shape[-1]).any(axis=0))
+    from samora_monai.data.slices import select_slices
+
+    volume = np.asarray(nib.load(str(label)).dataobj)[None]  # [1, X, Y, Z]
+    indices = np.asarray(select_slices(volume, volume, foreground_only=True), dtype=int)
     if count is None or count >= len(indices):
         return indices.tolist()
     return indices[np.linspace(0, len(indices) - 1, count).round().astype(int)].tolist()

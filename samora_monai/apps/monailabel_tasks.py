@@ -114,22 +114,17 @@ class SamoraLabelApp(MONAILabelApp):
         )
 
     def init_infers(self) -> dict[str, SamoraBundleInferTask]:
-        infers = {}
-        for name, path in self.models.items():
-            task = SamoraBundleInferTask(path, self.conf)
-            if task.is_valid():
-                infers[name] = task
-        return infers
+        return self._valid_tasks(SamoraBundleInferTask)
 
     def init_trainers(self) -> dict[str, SamoraBundleTrainTask]:
         if strtobool(self.conf.get("skip_trainers", "false")):
             return {}
-        trainers = {}
-        for name, path in self.models.items():
-            task = SamoraBundleTrainTask(path, self.conf)
-            if task.is_valid():
-                trainers[name] = task
-        return trainers
+        return self._valid_tasks(SamoraBundleTrainTask)
+
+    def _valid_tasks(self, task_class: type) -> dict:
+        """One ``task_class(bundle_path, conf)`` per model bundle, the valid ones by model name."""
+        tasks = {name: task_class(path, self.conf) for name, path in self.models.items()}
+        return {name: task for name, task in tasks.items() if task.is_valid()}
 
     def init_strategies(self):
         return {"random": Random(), "first": First()}
