@@ -166,6 +166,26 @@ def test_few_shot_slices_spread_over_the_foreground(tmp_path):
     assert few_shot_slices(path, None) == list(range(3, 15)) == few_shot_slices(path, 50)
 
 
+def test_parallel_steps_start_by_priority_with_their_own_log_and_folder(tmp_path):
+    order = tmp_path / "order.txt"
+    sub = tmp_path / "sub"
+    sub.mkdir()
+
+    def append(tag):
+        code = f"import os; open({str(order)!r}, 'a').write({tag!r} + ' ' + os.getcwd() + '\\n')"
+        return [sys.executable, "-c", code]
+
+    runner = DemoRunner(tmp_path, total=3)
+    own_log = tmp_path / "runs" / "b" / "train.log"
+    runner.run_parallel([DemoStep("a", "first ready", append("a")),
+                         DemoStep("b", "second ready", append("b"), log=own_log, cwd=sub),
+                         DemoStep("c", "after a", append("c"), after=["a"])], parallel=1)  # fmt: skip
+    # one at a time, the ready steps in list order: c waits for a but is listed after b
+    assert order.read_text().splitlines() == [f"a {tmp_path}", f"b {sub}", f"c {tmp_path}"]
+    assert own_log.read_text().startswith(sys.executable) and not (tmp_path / "logs" / "b.log").exists()
+    assert (tmp_path / "logs" / "a.log").is_file()
+
+
 def test_parallel_steps_respect_their_order_and_stop_on_failure(tmp_path, capsys):
     marker = tmp_path / "first.txt"
     write = [sys.executable, "-c", f"import time; time.sleep(0.5); open({str(marker)!r}, 'w').write('x')"]

@@ -25,12 +25,14 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from samora_monai.handlers.learning_curve import CURVE_FILE, INFO_FILE
 
-__all__ = ["compare", "epochs_to_reach", "load_run", "overlay_files"]
+__all__ = ["PlannedRun", "compare", "epochs_to_reach", "load_run", "overlay_files", "plan_runs", "run_bundle_command",
+           "tabulate"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,28 +54,41 @@ def overlay_files(bundle: Path, overlay: str) -> tuple[str, list[Path]]:
     return Path(files[-1]).stem, files
 
 
-def _bundle_run(
-    workflow: str, configs: Sequence[Path], overrides: Mapping[str, Any], log: Path, cwd: Path,
-    env: Mapping[str, str] | None = None,
-) -> None:
-    """``python -m monai.bundle run <workflow>`` with ``configs`` and ``--key value`` overrides; output to ``log``."""
+@dataclass
+class PlannedRun:
+    """One compared run: its folder and its two bundle commands, each ``(workflow, command, log file)``; the
+    training writes ``<run_dir>/models/model.pt``, the evaluation ``<run_dir>/test``."""
+
+    name: str
+    run_dir: Path
+    commands: list[tuple[str, list[str], Path]]
+
+
+def _bundle_command(workflow: str, configs: Sequence[Path], overrides: Mapping[str, Any]) -> list[str]:
+    """``python -m monai.bundle run <workflow>`` with ``configs`` and ``--key value`` overrides."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", repr([str(c) for c in configs])]
     for key, value in overrides.items():
         cmd += [f"--{key}", value if isinstance(value, str) else repr(value)]
+    return cmd
+
+
+def run_bundle_command(
+    workflow: str, cmd: Sequence[str], log: Path, cwd: Path, env: Mapping[str, str] | None = None
+) -> None:
+    """Run a bundle command with its output in ``log``; a failure raises ``RuntimeError`` naming the log and quoting
+    the exception chain."""
     with open(log, "w") as f:
-        result = subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, text=True,
+        result = subprocess.run(list(cmd), cwd=cwd, stdout=f, stderr=subprocess.STDOUT, text=True,
                                 env=None if env is None else dict(env))
     if result.returncode != 0:
         errors = [line for line in log.read_text().splitlines() if _ERROR.match(line)]  # the exception chain
         raise RuntimeError(f"{workflow} failed (exit {result.returncode}); full log: {log}\n" + "\n".join(errors))
 
 
-def _train_and_evaluate(
-    name: str, files: Sequence[Path], run_dir: Path, bundle_dir: Path, common: Mapping[str, Any],
-    env: Mapping[str, str] | None,
-) -> None:
-    """Train ``files`` into ``run_dir/models`` (learning curve in ``run_dir/train``), then evaluate ``model.pt`` on
-    the test cases into ``run_dir/test``."""
+def _plan_run(
+    name: str, files: Sequence[Path], run_dir: Path, bundle_dir: Path, common: Mapping[str, Any]
+) -> PlannedRun:
+    """Create ``run_dir`` with the layer that appends the learning-curve writer, and the run's two commands."""
     run_dir.mkdir(parents=True)
     layer = run_dir / "learning_curve.yaml"
     layer.write_text(
@@ -81,14 +96,49 @@ def _train_and_evaluate(
         "    output_dir: '@output_dir'\n    evaluator: '@validate#evaluator'\n"
     )
     paths = {**common, "ckpt_dir": str(run_dir / "models"), "resume_checkpoint": "$None"}
+    train = _bundle_command("training", [*files, layer], {**paths, "output_dir": str(run_dir / "train")})
+    evaluate = _bundle_command("evaluating", [*files, bundle_dir / "configs" / "evaluate.yaml"],
+                               {**paths, "output_dir": str(run_dir / "test")})
+    return PlannedRun(name, run_dir, [("training", train, run_dir / "train.log"),
+                                      ("evaluating", evaluate, run_dir / "evaluate.log")])
+
+
+def plan_runs(
+    bundle: str,
+    overlays: Sequence[str],
+    output_dir: str,
+    epochs: int | None = None,
+    datalist: str | None = None,
+    dataset_dir: str | None = None,
+    baseline: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[str, dict[str, PlannedRun]]:
+    """``(baseline, runs)``: check the overlays and the output folder and create one folder per run with its
+    commands (see :func:`compare`); nothing runs yet."""
+    bundle_dir, out = Path(bundle).resolve(), Path(output_dir).resolve()
+    overlays = [overlays] if isinstance(overlays, str) else list(overlays)
+    resolved = dict(overlay_files(bundle_dir, o) for o in overlays)
+    if len(resolved) != len(overlays):
+        raise ValueError(f"overlays {list(overlays)} repeat a run name")
+    baseline = baseline or next(iter(resolved))
+    if baseline not in resolved:
+        raise ValueError(f"baseline {baseline!r} is not one of the runs {list(resolved)}")
+    taken = [name for name in resolved if (out / name).exists()]
+    if taken:
+        raise FileExistsError(f"{out} already holds runs {taken}; choose another output_dir")
+    common: dict[str, Any] = {"bundle_root": str(bundle_dir), "expert_dir": str(bundle_dir / "models" / "experts")}
+    common.update({k: v for k, v in {"epochs": epochs, "datalist": datalist, "dataset_dir": dataset_dir}.items() if v})
+    common.update(overrides or {})
+    return baseline, {name: _plan_run(name, files, out / name, bundle_dir, common) for name, files in resolved.items()}
+
+
+def _execute(run: PlannedRun, cwd: Path, env: Mapping[str, str] | None) -> None:
+    """Train, then evaluate, one planned run."""
     start = time.perf_counter()
-    print(f"compare: training {name} (log: {run_dir / 'train.log'})", flush=True)
-    _bundle_run("training", [*files, layer], {**paths, "output_dir": str(run_dir / "train")},
-                run_dir / "train.log", bundle_dir, env)  # fmt: skip
-    print(f"compare: evaluating {name} (log: {run_dir / 'evaluate.log'})", flush=True)
-    _bundle_run("evaluating", [*files, bundle_dir / "configs" / "evaluate.yaml"],
-                {**paths, "output_dir": str(run_dir / "test")}, run_dir / "evaluate.log", bundle_dir, env)
-    print(f"compare: {name} done in {time.perf_counter() - start:.0f} s", flush=True)
+    for workflow, cmd, log in run.commands:
+        print(f"compare: {workflow} {run.name} (log: {log})", flush=True)
+        run_bundle_command(workflow, cmd, log, cwd, env)
+    print(f"compare: {run.name} done in {time.perf_counter() - start:.0f} s", flush=True)
 
 
 def load_run(run_dir: Path, mode: str = "transunet") -> dict[str, Any]:
@@ -188,6 +238,25 @@ def _plot(runs: Mapping[str, dict], baseline: str, path: Path) -> Path:
     return path
 
 
+def tabulate(runs: Mapping[str, PlannedRun], baseline: str, output_dir: str, metric_mode: str = "transunet") -> dict:
+    """Read the finished ``runs``, write ``comparison.csv|md`` and ``dice_vs_epoch.png`` into ``output_dir`` and print
+    when each run reaches the ``baseline``'s final validation Dice. Returns what :func:`compare` returns."""
+    out = Path(output_dir).resolve()
+    loaded = {name: load_run(run.run_dir, metric_mode) for name, run in runs.items()}
+    rows = _rows(loaded, baseline)
+    csv_path, md_path = _write_tables(rows, out, baseline)
+    plot = _plot(loaded, baseline, out / "dice_vs_epoch.png")
+    for row in rows:
+        pct = row["pct_of_baseline_epochs"]
+        print(
+            f"{row['run']}: reaches {baseline}'s final validation Dice "
+            + ("never" if pct is None else f"at epoch {row['epoch_reaching_baseline']} ({pct:.1f}% of its epochs)")
+        )
+    print(f"table: {csv_path}, {md_path}; plot: {plot}")
+    return {"rows": rows, "csv": str(csv_path), "markdown": str(md_path), "plot": str(plot),
+            "runs": {name: {**loaded[name], "dir": str(run.run_dir)} for name, run in runs.items()}}
+
+
 def compare(
     bundle: str,
     overlays: Sequence[str],
@@ -209,36 +278,10 @@ def compare(
     (each a process of its own; give each ``OMP_NUM_THREADS`` cores through ``env``, the environment of the runs).
     Returns the table rows, the output paths and ``runs`` (each run's curve, metrics and folder).
     """
-    bundle_dir, out = Path(bundle).resolve(), Path(output_dir).resolve()
-    overlays = [overlays] if isinstance(overlays, str) else list(overlays)
-    resolved = dict(overlay_files(bundle_dir, o) for o in overlays)
-    if len(resolved) != len(overlays):
-        raise ValueError(f"overlays {list(overlays)} repeat a run name")
-    baseline = baseline or next(iter(resolved))
-    if baseline not in resolved:
-        raise ValueError(f"baseline {baseline!r} is not one of the runs {list(resolved)}")
-    taken = [name for name in resolved if (out / name).exists()]
-    if taken:
-        raise FileExistsError(f"{out} already holds runs {taken}; choose another output_dir")
-    common: dict[str, Any] = {"bundle_root": str(bundle_dir), "expert_dir": str(bundle_dir / "models" / "experts")}
-    common.update({k: v for k, v in {"epochs": epochs, "datalist": datalist, "dataset_dir": dataset_dir}.items() if v})
-    common.update(overrides or {})
-    jobs = {name: (files, out / name) for name, files in resolved.items()}
+    baseline, runs = plan_runs(bundle, overlays, output_dir, epochs, datalist, dataset_dir, baseline, overrides)
+    cwd = Path(bundle).resolve()
     with ThreadPoolExecutor(max_workers=max(1, int(parallel))) as pool:  # each run is its own process
-        futures = {name: pool.submit(_train_and_evaluate, name, files, run_dir, bundle_dir, common, env)
-                   for name, (files, run_dir) in jobs.items()}
-        for future in futures.values():
+        futures = [pool.submit(_execute, run, cwd, env) for run in runs.values()]
+        for future in futures:
             future.result()  # the first failure, in run order
-    runs = {name: load_run(run_dir, metric_mode) for name, (_, run_dir) in jobs.items()}
-    rows = _rows(runs, baseline)
-    csv_path, md_path = _write_tables(rows, out, baseline)
-    plot = _plot(runs, baseline, out / "dice_vs_epoch.png")
-    for row in rows:
-        pct = row["pct_of_baseline_epochs"]
-        print(
-            f"{row['run']}: reaches {baseline}'s final validation Dice "
-            + ("never" if pct is None else f"at epoch {row['epoch_reaching_baseline']} ({pct:.1f}% of its epochs)")
-        )
-    print(f"table: {csv_path}, {md_path}; plot: {plot}")
-    return {"rows": rows, "csv": str(csv_path), "markdown": str(md_path), "plot": str(plot),
-            "runs": {name: {**runs[name], "dir": str(run_dir)} for name, (_, run_dir) in jobs.items()}}
+    return tabulate(runs, baseline, output_dir, metric_mode)

@@ -7,10 +7,11 @@ random weights (``backbone="random"``); with ``sam_checkpoint`` (or ``$SAM_CHECK
 which needs a CUDA GPU. The demo generates the phantom (:func:`~samora_monai.apps.phantom.make_demo_data`) with a
 few-shot label budget (``labelled_slices`` annotated slices per training case), cuts the stage-1 slices with the
 leakage guard, and runs every workflow of the ``samora_synapse`` bundle through the real MONAI bundle CLI, each in
-its own process: the two teachers and the three stage-1 experts, then, through the comparison runner
-(:func:`~samora_monai.apps.compare.compare`), stage-2 training and evaluation on the held-out cases of SAMora
-(``train.yaml``), the SAMed baseline (``samed.yaml``) and SAMora without stage 1 (``ablations/no_stage1.yaml``),
-all with the same data, budget, epochs and optimiser settings. Up to ``parallel`` independent steps run at once.
+its own process: the two teachers and the three stage-1 experts, and the runs the comparison runner plans
+(:func:`~samora_monai.apps.compare.plan_runs`): stage-2 training and evaluation on the held-out cases of SAMora
+(``train.yaml``, after stage 1), the SAMed baseline (``samed.yaml``) and SAMora without stage 1
+(``ablations/no_stage1.yaml``; these two need no stage-1 output and start beside it), all with the same data, budget,
+epochs and optimiser settings. Up to ``parallel`` steps run at once, stage 1 and SAMora (the longest chain) first.
 
 Layout of ``<out>``: ``data/`` (phantom, ``demo_datalist.json``), ``bundle/`` (a copy of the bundle's configs,
 ``data/unlabeled`` slices, ``models/`` with teachers and experts), ``compare/`` (one folder per run: ``models/``,
@@ -27,12 +28,12 @@ import sys
 import time
 from pathlib import Path
 
-from samora_monai.apps.compare import compare
+from samora_monai.apps.compare import PlannedRun, plan_runs, tabulate
 from samora_monai.apps.demo_report import print_summary, run_summary
 from samora_monai.apps.demo_settings import BASELINE_RUN, RUNS, DemoSettings, demo_settings
 from samora_monai.apps.demo_steps import DemoRunner, DemoStep, DemoStepError, write_split
 from samora_monai.apps.figures import demo_figure
-from samora_monai.apps.stage1_pipeline import LEVELS, STAGE1_STEPS, pipeline_env, run_stage1
+from samora_monai.apps.stage1_pipeline import LEVELS, STAGE1_STEPS, run_stage1
 from samora_monai.utils import as_bool, atomic_output, bundle_dir, case_name
 
 __all__ = ["DemoSettings", "DemoStepError", "demo_settings", "run_demo"]
@@ -114,24 +115,34 @@ def _stage1_steps(bundle_root: Path, unlabeled: str, settings: DemoSettings) -> 
     return steps
 
 
-def _compare_step(
-    runner: DemoRunner, bundle_root: Path, out: Path, datalist: Path, settings: DemoSettings, parallel: int
-) -> dict:
-    """Stage 2 of every run of :data:`RUNS` with the same data, budget and recipe, and its evaluation."""
-    runner.header("compare", "stage 2 at the same label budget, then evaluation on the held-out cases: "
-                             + "; ".join(what for _, _, what in RUNS.values()))
-    t = time.perf_counter()
+def _compare_steps(
+    bundle_root: Path, out: Path, datalist: Path, settings: DemoSettings, stage1: list[DemoStep]
+) -> tuple[str, dict[str, PlannedRun], list[DemoStep]]:
+    """Stage 2 of every run of :data:`RUNS` with the same data, budget and recipe, and its evaluation on the held-out
+    cases: ``(baseline, planned runs, steps)``. SAMora's steps come first and wait for stage 1; the runs that do not
+    load the experts may start beside stage 1."""
     overrides = {
         **_as_overrides(settings.backbone), **_as_overrides(settings.finetune_overrides),
         "img_size": settings.img_size, "num_workers": 0, "batch_size": settings.finetune_batch_size,
         "learning_rate": settings.learning_rate, "warmup_iters": settings.warmup_iters,
         "val_interval": settings.val_interval, "select_model": False,  # validation draws the curves only
     }
-    result = compare(str(bundle_root), [overlay for overlay, _, _ in RUNS.values()], str(out),
-                     epochs=settings.finetune_epochs, datalist=str(datalist), baseline=BASELINE_RUN,
-                     overrides=overrides, parallel=parallel, env=pipeline_env(runner.num_threads))  # fmt: skip
-    runner.done("compare", time.perf_counter() - t)
-    return result
+    baseline, planned = plan_runs(str(bundle_root), [run[0] for run in RUNS.values()], str(out),
+                                  epochs=settings.finetune_epochs, datalist=str(datalist), baseline=BASELINE_RUN,
+                                  overrides=overrides)  # fmt: skip
+    steps = []
+    for name in sorted(planned, key=lambda n: not RUNS[n][3]):
+        (_, train_cmd, train_log), (_, test_cmd, test_log) = planned[name].commands
+        _, title, what, uses_stage1 = RUNS[name]
+        run_dir = planned[name].run_dir
+        steps += [
+            DemoStep(f"{name}_train", f"stage 2, {what}", train_cmd, [run_dir / "models" / "model.pt"],
+                     after=[s.name for s in stage1] if uses_stage1 else [], log=train_log, cwd=bundle_root),
+            DemoStep(f"{name}_evaluate", f"{title}: evaluation on the held-out cases", test_cmd,
+                     [run_dir / "test" / "metrics_transunet.json"], after=[f"{name}_train"], log=test_log,
+                     cwd=bundle_root),
+        ]  # fmt: skip
+    return baseline, planned, steps
 
 
 def run_demo(
@@ -162,7 +173,7 @@ def run_demo(
         num_threads: PyTorch CPU threads of each step (``OMP_NUM_THREADS``); 1 is the robust default on a shared
             machine, where more threads than free cores slowed a training iteration down 30-fold in our
             measurement (0.39 s with 1 thread, 13 s with 2 next to a busy process).
-        parallel: steps that may run at once (independent stage-1 steps, the three compared stage-2 runs), each
+        parallel: steps that may run at once (stage-1 steps, the compared runs' trainings and evaluations), each
             with ``num_threads`` threads: 3 keeps 2 cores busy until the last run ends; the stand-in pre-training
             uses ``min(parallel, os.cpu_count())`` threads.
         cache_dir: folder of the cached stand-in checkpoint (default ``$SAMORA_CACHE`` or ``~/.cache/samora_monai``).
@@ -187,7 +198,8 @@ def run_demo(
     bundle_root = out_dir / "bundle"
     shutil.copytree(bundle_source() / "configs", bundle_root / "configs")
     use_standin = sam_checkpoint is None and backbone == "standin"
-    runner = DemoRunner(out_dir, total=9 + use_standin, num_threads=num_threads)
+    steps = 4 + len(STAGE1_STEPS) + 2 * len(RUNS) + use_standin  # phantom, slices, stage 1, runs, table, figure
+    runner = DemoRunner(out_dir, total=steps, num_threads=num_threads)
     start = time.perf_counter()
 
     if sam_checkpoint is not None:
@@ -214,8 +226,12 @@ def run_demo(
 
     data_dir, datalist, held_out, unlabeled = _data_steps(runner, out_dir, settings, seed)
     stage1 = _stage1_steps(bundle_root, unlabeled, settings)
-    runner.run_parallel(stage1, parallel)
-    comparison = _compare_step(runner, bundle_root, out_dir / "compare", datalist, settings, parallel)
+    baseline, planned, stage2 = _compare_steps(bundle_root, out_dir / "compare", datalist, settings, stage1)
+    runner.run_parallel([*stage1, *stage2], parallel)
+    runner.header("compare", "the comparison at the same label budget: " + ", ".join(r[1] for r in RUNS.values()))
+    t = time.perf_counter()
+    comparison = tabulate(planned, baseline, str(out_dir / "compare"))
+    runner.done("compare", time.perf_counter() - t)
     for file in ("model.pt", "model_meta.json"):  # the demo's bundle carries SAMora's model (MONAI Label installs it)
         shutil.copy2(Path(comparison["runs"]["train"]["dir"]) / "models" / file, bundle_root / "models" / file)
     if use_standin:  # and the backbone file model_meta.json names, as models/<name> like sam_vit_b_01ec64.pth

@@ -9,11 +9,13 @@ from monai.utils import look_up_option
 __all__ = ["BACKBONES", "BASELINE_RUN", "RUNS", "DemoSettings", "demo_settings"]
 
 BACKBONES = ("standin", "random")  # the CPU backbones: the stand-in pre-trained here, or random SAM weights
-# the runs compared at the same label budget: run name -> (overlay given to the comparison runner, title, what it is)
+# the runs compared at the same label budget: run name -> (overlay given to the comparison runner, title, what it
+# is, whether it loads the stage-1 experts)
 RUNS = {
-    "train": ("train", "SAMora", "SAMora: three stage-1 experts fused by HL-Attn, HL-Attn + decoder trained"),
-    "samed": ("samed", "SAMed", "SAMed baseline: one LoRA + decoder trained, no stage 1"),
-    "no_stage1": ("ablations/no_stage1", "no stage 1", "ablation: SAMora without stage 1 (zero-initialised experts)"),
+    "train": ("train", "SAMora", "SAMora: three stage-1 experts fused by HL-Attn, HL-Attn + decoder trained", True),
+    "samed": ("samed", "SAMed", "SAMed baseline: one LoRA + decoder trained, no stage 1", False),
+    "no_stage1": ("ablations/no_stage1", "no stage 1", "ablation: SAMora without stage 1 (zero-initialised experts)",
+                  False),
 }
 BASELINE_RUN = "samed"
 

@@ -26,13 +26,16 @@ _PROGRESS = re.compile(rb"Epoch: \d+/\d+, Iter: \d+/\d+")
 
 @dataclass
 class DemoStep:
-    """One subprocess step: it starts once the steps named in ``after`` have finished."""
+    """One subprocess step: it starts once the steps named in ``after`` have finished; its output goes to ``log``
+    (default ``<out>/logs/<name>.log``) and it runs in ``cwd`` (default ``<out>``)."""
 
     name: str
     title: str
     cmd: Sequence[str]
     expect: Sequence[Path] = ()
     after: Sequence[str] = ()
+    log: Path | None = None
+    cwd: Path | None = None
 
 
 class DemoRunner:
@@ -67,11 +70,15 @@ class DemoRunner:
         self.done(name, time.perf_counter() - start)
         return log
 
+    def log_file(self, step: DemoStep) -> Path:
+        """Where ``step`` writes its output."""
+        return step.log or self.logs / f"{step.name}.log"
+
     def run_parallel(self, steps: Sequence[DemoStep], parallel: int = 2, report_every: float = 30.0) -> None:
-        """Run ``steps``, at most ``parallel`` at once, each after its ``after`` steps; their output goes to
-        ``logs/<name>.log`` only, the terminal gets a line when a step starts or ends and, every ``report_every``
-        seconds, the last progress line of each running step. A failure stops the others and raises
-        :class:`DemoStepError` naming the step and its log."""
+        """Run ``steps``, at most ``parallel`` at once, each after its ``after`` steps, the first ready ones first
+        (list them in order of priority); their output goes to their log files only, the terminal gets a line when a
+        step starts or ends and, every ``report_every`` seconds, the last progress line of each running step. A
+        failure stops the others and raises :class:`DemoStepError` naming the step and its log."""
         pending, running, finished = list(steps), {}, set()
         env, last_report = pipeline_env(self.num_threads), time.perf_counter()
         try:
@@ -81,11 +88,14 @@ class DemoRunner:
                     raise ValueError(f"steps {[s.name for s in pending]} wait for steps that never run")
                 for step in ready[: max(1, parallel) - len(running)]:
                     pending.remove(step)
-                    self.header(step.name, f"{step.title} (log: {self.logs / f'{step.name}.log'})")
-                    log = open(self.logs / f"{step.name}.log", "wb")
+                    path = self.log_file(step)
+                    self.header(step.name, f"{step.title} (log: {path})")
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    log = open(path, "wb")
                     log.write((" ".join(step.cmd) + "\n").encode())
                     log.flush()
-                    proc = subprocess.Popen(list(step.cmd), cwd=self.out, env=env, stdout=log, stderr=subprocess.STDOUT)
+                    proc = subprocess.Popen(list(step.cmd), cwd=step.cwd or self.out, env=env, stdout=log,
+                                            stderr=subprocess.STDOUT)
                     running[step.name] = (step, proc, log, self.index, time.perf_counter())
                 time.sleep(0.2)
                 for name, (step, proc, log, index, start) in list(running.items()):
@@ -94,14 +104,14 @@ class DemoRunner:
                     log.close()
                     del running[name]
                     label = f"demo step [{index}/{self.total}] {step.title!r}"
-                    check_step(label, proc.returncode, self.logs / f"{name}.log", step.expect, DemoStepError)
+                    check_step(label, proc.returncode, self.log_file(step), step.expect, DemoStepError)
                     finished.add(name)
                     self.timings[name] = round(time.perf_counter() - start, 1)
                     print(f"[{index}/{self.total}] {step.title}: done in {self.timings[name]:.1f} s", flush=True)
                 if running and time.perf_counter() - last_report > report_every:
                     last_report = time.perf_counter()
-                    for name in running:
-                        found = _PROGRESS.findall((self.logs / f"{name}.log").read_bytes())
+                    for name, (step, *_) in running.items():
+                        found = _PROGRESS.findall(self.log_file(step).read_bytes())
                         print(f"  ... {name}: " + (found[-1].decode() if found else "starting"), flush=True)
         finally:
             for _, proc, log, _, _ in running.values():
