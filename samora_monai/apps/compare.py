@@ -104,17 +104,11 @@ def _plan_run(
 
 
 def plan_runs(
-    bundle: str,
-    overlays: Sequence[str],
-    output_dir: str,
-    epochs: int | None = None,
-    datalist: str | None = None,
-    dataset_dir: str | None = None,
-    baseline: str | None = None,
+    bundle: str, overlays: Sequence[str], output_dir: str, baseline: str | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> tuple[str, dict[str, PlannedRun]]:
     """``(baseline, runs)``: check the overlays and the output folder and create one folder per run with its
-    commands (see :func:`compare`); nothing runs yet."""
+    commands, every run with the same bundle ``overrides`` (see :func:`compare`); nothing runs yet."""
     bundle_dir, out = Path(bundle).resolve(), Path(output_dir).resolve()
     overlays = [overlays] if isinstance(overlays, str) else list(overlays)
     resolved = dict(overlay_files(bundle_dir, o) for o in overlays)
@@ -126,9 +120,7 @@ def plan_runs(
     taken = [name for name in resolved if (out / name).exists()]
     if taken:
         raise FileExistsError(f"{out} already holds runs {taken}; choose another output_dir")
-    common: dict[str, Any] = {"bundle_root": str(bundle_dir), "expert_dir": str(bundle_dir / "models" / "experts")}
-    common.update({k: v for k, v in {"epochs": epochs, "datalist": datalist, "dataset_dir": dataset_dir}.items() if v})
-    common.update(overrides or {})
+    common = {"bundle_root": str(bundle_dir), "expert_dir": str(bundle_dir / "models" / "experts"), **(overrides or {})}
     return baseline, {name: _plan_run(name, files, out / name, bundle_dir, common) for name, files in resolved.items()}
 
 
@@ -278,7 +270,8 @@ def compare(
     (each a process of its own; give each ``OMP_NUM_THREADS`` cores through ``env``, the environment of the runs).
     Returns the table rows, the output paths and ``runs`` (each run's curve, metrics and folder).
     """
-    baseline, runs = plan_runs(bundle, overlays, output_dir, epochs, datalist, dataset_dir, baseline, overrides)
+    shared = {k: v for k, v in {"epochs": epochs, "datalist": datalist, "dataset_dir": dataset_dir}.items() if v}
+    baseline, runs = plan_runs(bundle, overlays, output_dir, baseline, {**shared, **(overrides or {})})
     cwd = Path(bundle).resolve()
     with ThreadPoolExecutor(max_workers=max(1, int(parallel))) as pool:  # each run is its own process
         futures = [pool.submit(_execute, run, cwd, env) for run in runs.values()]

@@ -126,10 +126,10 @@ def _compare_steps(
         "img_size": settings.img_size, "num_workers": 0, "batch_size": settings.finetune_batch_size,
         "learning_rate": settings.learning_rate, "warmup_iters": settings.warmup_iters,
         "val_interval": settings.val_interval, "select_model": False,  # validation draws the curves only
+        "epochs": settings.finetune_epochs, "datalist": str(datalist),
     }
-    baseline, planned = plan_runs(str(bundle_root), [run[0] for run in RUNS.values()], str(out),
-                                  epochs=settings.finetune_epochs, datalist=str(datalist), baseline=BASELINE_RUN,
-                                  overrides=overrides)  # fmt: skip
+    baseline, planned = plan_runs(str(bundle_root), [run[0] for run in RUNS.values()], str(out), BASELINE_RUN,
+                                  overrides)  # fmt: skip
     steps = []
     for name in sorted(planned, key=lambda n: not RUNS[n][3]):
         (_, train_cmd, train_log), (_, test_cmd, test_log) = planned[name].commands
