@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -184,6 +185,20 @@ def test_parallel_steps_start_by_priority_with_their_own_log_and_folder(tmp_path
     assert order.read_text().splitlines() == [f"a {tmp_path}", f"b {sub}", f"c {tmp_path}"]
     assert own_log.read_text().startswith(sys.executable) and not (tmp_path / "logs" / "b.log").exists()
     assert (tmp_path / "logs" / "a.log").is_file()
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="CPU priority (nice) is POSIX only")
+def test_background_step_runs_at_lower_cpu_priority(tmp_path):
+    seen = tmp_path / "nice.txt"
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    # the step waits (up to 10 s) until its parent has lowered its priority, then records it
+    code = (f"import os, time\nend = time.time() + 10\nwhile os.getpriority(os.PRIO_PROCESS, 0) == {own} and "
+            f"time.time() < end:\n    time.sleep(0.01)\n"
+            f"open({str(seen)!r}, 'w').write(str(os.getpriority(os.PRIO_PROCESS, 0)))")
+    runner = DemoRunner(tmp_path, total=2)
+    runner.run_parallel([DemoStep("background", "niced", [sys.executable, "-c", code], nice=5),
+                         DemoStep("foreground", "not niced", [sys.executable, "-c", "pass"])], parallel=2)
+    assert int(seen.read_text()) == min(own + 5, 19)
 
 
 def test_parallel_steps_respect_their_order_and_stop_on_failure(tmp_path, capsys):

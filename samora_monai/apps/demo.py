@@ -43,6 +43,7 @@ LOSS_TITLES = {"teacher_image": "image teacher (NT-Xent)", "teacher_patch": "pat
                "expert_image": "image expert (distillation)", "expert_patch": "patch expert (masked tokens)",
                "expert_pixel": "pixel expert (denoising)"}
 _OWNED = ("data", "bundle", "compare", "logs", "demo_summary.json", "demo_summary.png")  # replaced on every run
+BACKGROUND_NICE = 10  # CPU priority of the compared runs that start beside stage 1 (POSIX nice)
 
 
 def bundle_source() -> Path:
@@ -120,7 +121,8 @@ def _compare_steps(
 ) -> tuple[str, dict[str, PlannedRun], list[DemoStep]]:
     """Stage 2 of every run of :data:`RUNS` with the same data, budget and recipe, and its evaluation on the held-out
     cases: ``(baseline, planned runs, steps)``. SAMora's steps come first and wait for stage 1; the runs that do not
-    load the experts may start beside stage 1."""
+    load the experts start beside stage 1 at a lower CPU priority (``BACKGROUND_NICE``), so that stage 1 and SAMora,
+    the longest chain, keep a full core."""
     overrides = {
         **_as_overrides(settings.backbone), **_as_overrides(settings.finetune_overrides),
         "img_size": settings.img_size, "num_workers": 0, "batch_size": settings.finetune_batch_size,
@@ -137,10 +139,11 @@ def _compare_steps(
         run_dir = planned[name].run_dir
         steps += [
             DemoStep(f"{name}_train", f"stage 2, {what}", train_cmd, [run_dir / "models" / "model.pt"],
-                     after=[s.name for s in stage1] if uses_stage1 else [], log=train_log, cwd=bundle_root),
+                     after=[s.name for s in stage1] if uses_stage1 else [], log=train_log, cwd=bundle_root,
+                     nice=0 if uses_stage1 else BACKGROUND_NICE),
             DemoStep(f"{name}_evaluate", f"{title}: evaluation on the held-out cases", test_cmd,
                      [run_dir / "test" / "metrics_transunet.json"], after=[f"{name}_train"], log=test_log,
-                     cwd=bundle_root),
+                     cwd=bundle_root, nice=0 if uses_stage1 else BACKGROUND_NICE),
         ]  # fmt: skip
     return baseline, planned, steps
 

@@ -3,7 +3,9 @@ few-shot datalist."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import subprocess
 import time
@@ -27,7 +29,8 @@ _PROGRESS = re.compile(rb"Epoch: \d+/\d+, Iter: \d+/\d+")
 @dataclass
 class DemoStep:
     """One subprocess step: it starts once the steps named in ``after`` have finished; its output goes to ``log``
-    (default ``<out>/logs/<name>.log``) and it runs in ``cwd`` (default ``<out>``)."""
+    (default ``<out>/logs/<name>.log``), it runs in ``cwd`` (default ``<out>``) and, with ``nice`` > 0 (POSIX), at a
+    lower CPU priority: a background step that uses the cores the others leave idle."""
 
     name: str
     title: str
@@ -36,6 +39,7 @@ class DemoStep:
     after: Sequence[str] = ()
     log: Path | None = None
     cwd: Path | None = None
+    nice: int = 0
 
 
 class DemoRunner:
@@ -96,6 +100,10 @@ class DemoRunner:
                     log.flush()
                     proc = subprocess.Popen(list(step.cmd), cwd=step.cwd or self.out, env=env, stdout=log,
                                             stderr=subprocess.STDOUT)
+                    if step.nice and hasattr(os, "setpriority"):
+                        with contextlib.suppress(ProcessLookupError):  # a step that has already ended
+                            niceness = os.getpriority(os.PRIO_PROCESS, proc.pid) + step.nice
+                            os.setpriority(os.PRIO_PROCESS, proc.pid, min(niceness, 19))
                     running[step.name] = (step, proc, log, self.index, time.perf_counter())
                 time.sleep(0.2)
                 for name, (step, proc, log, index, start) in list(running.items()):
