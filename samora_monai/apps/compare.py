@@ -21,7 +21,6 @@ import logging
 import math
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from samora_monai.apps.stage1_pipeline import bundle_command
 from samora_monai.handlers.learning_curve import CURVE_FILE, INFO_FILE
 
 __all__ = ["PlannedRun", "compare", "epochs_to_reach", "load_run", "overlay_files", "plan_runs", "run_bundle_command",
@@ -64,12 +64,12 @@ class PlannedRun:
     commands: list[tuple[str, list[str], Path]]
 
 
-def _bundle_command(workflow: str, configs: Sequence[Path], overrides: Mapping[str, Any]) -> list[str]:
-    """``python -m monai.bundle run <workflow>`` with ``configs`` and ``--key value`` overrides."""
-    cmd = [sys.executable, "-m", "monai.bundle", "run", workflow, "--config_file", repr([str(c) for c in configs])]
+def _override_args(overrides: Mapping[str, Any]) -> list[str]:
+    """``{"key": value}`` -> ``["--key", "value", ...]``; a value that is not a string is given as its ``repr``."""
+    args = []
     for key, value in overrides.items():
-        cmd += [f"--{key}", value if isinstance(value, str) else repr(value)]
-    return cmd
+        args += [f"--{key}", value if isinstance(value, str) else repr(value)]
+    return args
 
 
 def run_bundle_command(
@@ -96,9 +96,10 @@ def _plan_run(
         "    output_dir: '@output_dir'\n    evaluator: '@validate#evaluator'\n"
     )
     paths = {**common, "ckpt_dir": str(run_dir / "models"), "resume_checkpoint": "$None"}
-    train = _bundle_command("training", [*files, layer], {**paths, "output_dir": str(run_dir / "train")})
-    evaluate = _bundle_command("evaluating", [*files, bundle_dir / "configs" / "evaluate.yaml"],
-                               {**paths, "output_dir": str(run_dir / "test")})
+    train = bundle_command("training", [*files, layer], bundle_dir,
+                           _override_args({**paths, "output_dir": str(run_dir / "train")}))
+    evaluate = bundle_command("evaluating", [*files, bundle_dir / "configs" / "evaluate.yaml"], bundle_dir,
+                              _override_args({**paths, "output_dir": str(run_dir / "test")}))
     return PlannedRun(name, run_dir, [("training", train, run_dir / "train.log"),
                                       ("evaluating", evaluate, run_dir / "evaluate.log")])
 
@@ -120,7 +121,7 @@ def plan_runs(
     taken = [name for name in resolved if (out / name).exists()]
     if taken:
         raise FileExistsError(f"{out} already holds runs {taken}; choose another output_dir")
-    common = {"bundle_root": str(bundle_dir), "expert_dir": str(bundle_dir / "models" / "experts"), **(overrides or {})}
+    common = {"expert_dir": str(bundle_dir / "models" / "experts"), **(overrides or {})}
     return baseline, {name: _plan_run(name, files, out / name, bundle_dir, common) for name, files in resolved.items()}
 
 
