@@ -130,20 +130,20 @@ def _compare_steps(
         "val_interval": settings.val_interval, "select_model": False,  # validation draws the curves only
         "epochs": settings.finetune_epochs, "datalist": str(datalist),
     }
-    baseline, planned = plan_runs(str(bundle_root), [run[0] for run in RUNS.values()], str(out), BASELINE_RUN,
+    baseline, planned = plan_runs(str(bundle_root), [run.overlay for run in RUNS.values()], str(out), BASELINE_RUN,
                                   overrides)  # fmt: skip
     steps = []
-    for name in sorted(planned, key=lambda n: not RUNS[n][3]):
+    for name in sorted(planned, key=lambda n: not RUNS[n].uses_stage1):
         (_, train_cmd, train_log), (_, test_cmd, test_log) = planned[name].commands
-        _, title, what, uses_stage1 = RUNS[name]
-        run_dir = planned[name].run_dir
+        run, run_dir = RUNS[name], planned[name].run_dir
+        nice = 0 if run.uses_stage1 else BACKGROUND_NICE
         steps += [
-            DemoStep(f"{name}_train", f"stage 2, {what}", train_cmd, [run_dir / "models" / "model.pt"],
-                     after=[s.name for s in stage1] if uses_stage1 else [], log=train_log, cwd=bundle_root,
-                     nice=0 if uses_stage1 else BACKGROUND_NICE),
-            DemoStep(f"{name}_evaluate", f"{title}: evaluation on the held-out cases", test_cmd,
+            DemoStep(f"{name}_train", f"stage 2, {run.description}", train_cmd, [run_dir / "models" / "model.pt"],
+                     after=[s.name for s in stage1] if run.uses_stage1 else [], log=train_log, cwd=bundle_root,
+                     nice=nice),
+            DemoStep(f"{name}_evaluate", f"{run.title}: evaluation on the held-out cases", test_cmd,
                      [run_dir / "test" / "metrics_transunet.json"], after=[f"{name}_train"], log=test_log,
-                     cwd=bundle_root, nice=0 if uses_stage1 else BACKGROUND_NICE),
+                     cwd=bundle_root, nice=nice),
         ]  # fmt: skip
     return baseline, planned, steps
 
@@ -231,7 +231,7 @@ def run_demo(
     stage1 = _stage1_steps(bundle_root, unlabeled, settings)
     baseline, planned, stage2 = _compare_steps(bundle_root, out_dir / "compare", datalist, settings, stage1)
     runner.run_parallel([*stage1, *stage2], parallel)
-    runner.header("compare", "the comparison at the same label budget: " + ", ".join(r[1] for r in RUNS.values()))
+    runner.header("compare", "the comparison at the same label budget: " + ", ".join(r.title for r in RUNS.values()))
     t = time.perf_counter()
     comparison = tabulate(planned, baseline, str(out_dir / "compare"))
     runner.done("compare", time.perf_counter() - t)
@@ -247,9 +247,9 @@ def run_demo(
     images = [str((data_dir / item["image"]).resolve()) for item in held_out]
     demo_figure(
         figure, images, [str((data_dir / item["label"]).resolve()) for item in held_out],
-        {RUNS[n][1]: Path(r["dir"]) / "test" / "predictions" for n, r in runs.items()},
+        {RUNS[n].title: Path(r["dir"]) / "test" / "predictions" for n, r in runs.items()},
         {LOSS_TITLES[step.name]: runner.logs / f"{step.name}.log" for step in stage1},
-        {RUNS[n][1]: [(e, d) for e, d, _ in r["curve"] if d is not None] for n, r in runs.items()},
+        {RUNS[n].title: [(e, d) for e, d, _ in r["curve"] if d is not None] for n, r in runs.items()},
         num_slices=figure_slices,
     )
     runner.done("figure", time.perf_counter() - t)

@@ -20,7 +20,7 @@ def run_summary(comparison: dict[str, Any], name: str) -> dict[str, Any]:
     run = comparison["runs"][name]
     per_class = run["metrics"]["per_class"]
     return {
-        "title": RUNS[name][1] if name in RUNS else name,
+        "title": RUNS[name].title if name in RUNS else name,
         "mean_dice": row["mean_dice"],
         "mean_hd95": row["mean_hd95"],
         "dice": {organ: values["dice"] for organ, values in per_class.items()},

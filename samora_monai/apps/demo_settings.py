@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from monai.utils import look_up_option
 
-__all__ = ["BACKBONES", "BASELINE_RUN", "RUNS", "DemoSettings", "demo_settings"]
+__all__ = ["BACKBONES", "BASELINE_RUN", "RUNS", "ComparedRun", "DemoSettings", "demo_settings"]
 
 BACKBONES = ("standin", "random")  # the CPU backbones: the stand-in pre-trained here, or random SAM weights
-# the runs compared at the same label budget: run name -> (overlay given to the comparison runner, title, what it
-# is, whether it loads the stage-1 experts)
+
+
+class ComparedRun(NamedTuple):
+    """One run the demo compares at the same label budget."""
+
+    overlay: str  # given to the comparison runner
+    title: str
+    description: str
+    uses_stage1: bool  # loads the stage-1 experts, so it starts after stage 1
+
+
 RUNS = {
-    "train": ("train", "SAMora", "SAMora: three stage-1 experts fused by HL-Attn, HL-Attn + decoder trained", True),
-    "samed": ("samed", "SAMed", "SAMed baseline: one LoRA + decoder trained, no stage 1", False),
-    "no_stage1": ("ablations/no_stage1", "no stage 1", "ablation: SAMora without stage 1 (zero-initialised experts)",
-                  False),
+    "train": ComparedRun("train", "SAMora", "SAMora: three stage-1 experts fused by HL-Attn, HL-Attn + decoder trained",
+                         True),
+    "samed": ComparedRun("samed", "SAMed", "SAMed baseline: one LoRA + decoder trained, no stage 1", False),
+    "no_stage1": ComparedRun("ablations/no_stage1", "no stage 1",
+                             "ablation: SAMora without stage 1 (zero-initialised experts)", False),
 }
 BASELINE_RUN = "samed"
 
